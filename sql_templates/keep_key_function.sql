@@ -1,0 +1,15 @@
+-- A key's UUID never changes once set, and a row inserted with an explicit NULL still gets one.
+-- Placeholders: function shadow generator
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $online_uuid$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        NEW.{shadow} := OLD.{shadow};
+    ELSE
+        NEW.{shadow} := {generator};
+    END IF;
+    RETURN NEW;
+END
+$online_uuid$;

@@ -1,0 +1,265 @@
+"""Pure types: what a migration converts, its phases, and the plan as stable JSON data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from psycopg import sql
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    """A schema-qualified table name, kept unquoted; quoting happens only in SQL builders."""
+
+    schema: str
+    name: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def display(self) -> str:
+        return sql.Identifier(self.schema, self.name).as_string(None)
+
+    def __str__(self) -> str:
+        return self.display()
+
+
+@dataclass(frozen=True)
+class KeyConversion:
+    """A listed table's single-column integer primary key and the columns that replace it."""
+
+    table: TableRef
+    column: str  # the key column as named before the migration
+    type: str  # smallint / integer / bigint
+    shadow: str  # `<column>_uuid` while the integer key is live
+    retired: str  # `<column>_int` once the UUID key is live
+    constraint: str  # primary key constraint (and index) name
+    identity: str = ""  # "" | "a" (ALWAYS) | "d" (BY DEFAULT)
+    sequence: str | None = None  # owned sequence, schema-qualified display name
+    default: str | None = None  # the column default expression as the server prints it
+    rows: int = 0  # reltuples estimate
+    bytes: int = 0  # pg_total_relation_size
+    level: int = 0  # dependency depth: 0 for roots
+
+    @property
+    def key(self) -> str:
+        return f"{self.table.schema}.{self.table.name}.{self.column}"
+
+
+@dataclass(frozen=True)
+class ForeignKeyConversion:
+    """A foreign key that references a converted key; its column is converted too."""
+
+    name: str
+    table: TableRef
+    column: str
+    shadow: str
+    retired: str
+    ref_table: TableRef
+    ref_column: str
+    on_delete: str  # a | r | c | n | d  (pg_constraint.confdeltype)
+    on_update: str
+    deferrable: bool = False
+    initially_deferred: bool = False
+    not_null: bool = False
+    batch_column: str = ""  # child column the backfill walks (integer, indexed)
+    table_rows: int = 0
+    final_on_delete: str = ""  # action after cutover ("c" with --cascade-deletes)
+
+    @property
+    def key(self) -> str:
+        return f"{self.table.schema}.{self.table.name}.{self.column}"
+
+
+@dataclass(frozen=True)
+class IndexTwin:
+    """An index (or unique constraint) that contains a converted column and gets a twin."""
+
+    table: TableRef
+    name: str  # original index name
+    twin: str  # name of the twin built on the shadow column(s) during cutover preparation
+    columns: tuple[str, ...]  # key columns in order (original names)
+    include: tuple[str, ...] = ()
+    unique: bool = False
+    method: str = "btree"
+    constraint: str | None = None  # unique constraint name when the index backs one
+    deferrable: bool = False
+    initially_deferred: bool = False
+    predicate: str | None = None  # partial index WHERE, as the server prints it
+    descending: tuple[bool, ...] = ()
+    nulls_first: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class DependentView:
+    """A view that reads a converted column; recreated in the swap so it follows the rename."""
+
+    view: TableRef
+    definition: str  # pg_get_viewdef text captured at plan time
+    kind: str = "v"
+    options: tuple[str, ...] = ()  # reloptions, e.g. security_barrier=true
+    acl: tuple[str, ...] = ()  # aclitem texts
+    owner: str = ""
+    depth: int = 0  # views on views come after their base views
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """Something the tool cannot fix but the user must know (e.g. a function naming a column)."""
+
+    object: str
+    message: str
+
+
+class Phase(StrEnum):
+    """A migration's life; `ALLOWED` lists each transition the state machine accepts."""
+
+    EXPANDING = "expanding"
+    EXPANDED = "expanded"
+    BACKFILLING = "backfilling"
+    BACKFILLED = "backfilled"
+    PREPARING = "preparing"
+    CUT_OVER = "cut_over"
+    REVERTING = "reverting"
+    FINALIZING = "finalizing"
+    FINALIZED = "finalized"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+
+
+ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.EXPANDING: frozenset({Phase.EXPANDED, Phase.ROLLING_BACK}),
+    Phase.EXPANDED: frozenset({Phase.BACKFILLING, Phase.ROLLING_BACK}),
+    Phase.BACKFILLING: frozenset({Phase.BACKFILLED, Phase.ROLLING_BACK}),
+    Phase.BACKFILLED: frozenset({Phase.PREPARING, Phase.BACKFILLING, Phase.ROLLING_BACK}),
+    Phase.PREPARING: frozenset({Phase.CUT_OVER, Phase.BACKFILLED, Phase.ROLLING_BACK}),
+    Phase.CUT_OVER: frozenset({Phase.REVERTING, Phase.FINALIZING}),
+    Phase.REVERTING: frozenset({Phase.BACKFILLED, Phase.CUT_OVER}),
+    Phase.FINALIZING: frozenset({Phase.FINALIZED}),
+    Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK}),
+    Phase.FINALIZED: frozenset(),
+    Phase.ROLLED_BACK: frozenset(),
+}
+
+ACTIVE_PHASES = frozenset(set(Phase) - {Phase.FINALIZED, Phase.ROLLED_BACK})
+
+
+def can_move(src: Phase, dst: Phase) -> bool:
+    return dst in ALLOWED[src]
+
+
+ACTION_SQL = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything start, backfill, cutover and finalize will touch, found once from the catalog."""
+
+    keys: tuple[KeyConversion, ...]
+    foreign_keys: tuple[ForeignKeyConversion, ...]
+    indexes: tuple[IndexTwin, ...] = ()
+    views: tuple[DependentView, ...] = ()
+    warnings: tuple[Warning_, ...] = ()
+    uuid_version: str = "v4"
+    generator: str = "gen_random_uuid()"  # SQL expression for new keys
+    cascade_deletes: bool = False
+    server_version: int = 0
+    database: str = ""
+
+    def tables(self) -> list[TableRef]:
+        """Every table the cutover locks, in one fixed order (sorted) to avoid deadlocks."""
+        names = {k.table for k in self.keys} | {f.table for f in self.foreign_keys}
+        return sorted(names)
+
+    def key_for(self, table: TableRef) -> KeyConversion | None:
+        return next((k for k in self.keys if k.table == table), None)
+
+    def fks_of(self, key: KeyConversion) -> list[ForeignKeyConversion]:
+        return [f for f in self.foreign_keys if f.ref_table == key.table]
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["format_version"] = PLAN_FORMAT_VERSION
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Plan:
+        def ref(d: dict[str, Any]) -> TableRef:
+            return TableRef(d["schema"], d["name"])
+
+        keys = tuple(KeyConversion(**{**k, "table": ref(k["table"])}) for k in doc["keys"])
+        fks = tuple(
+            ForeignKeyConversion(**{**f, "table": ref(f["table"]), "ref_table": ref(f["ref_table"])})
+            for f in doc["foreign_keys"]
+        )
+        idx = tuple(
+            IndexTwin(
+                **{
+                    **i,
+                    "table": ref(i["table"]),
+                    "columns": tuple(i["columns"]),
+                    "include": tuple(i["include"]),
+                    "descending": tuple(i["descending"]),
+                    "nulls_first": tuple(i["nulls_first"]),
+                }
+            )
+            for i in doc.get("indexes", [])
+        )
+        views = tuple(
+            DependentView(
+                **{**v, "view": ref(v["view"]), "options": tuple(v["options"]), "acl": tuple(v["acl"])}
+            )
+            for v in doc.get("views", [])
+        )
+        warns = tuple(Warning_(**w) for w in doc.get("warnings", []))
+        scalars = {
+            k: doc[k]
+            for k in ("uuid_version", "generator", "cascade_deletes", "server_version", "database")
+            if k in doc
+        }
+        return cls(keys=keys, foreign_keys=fks, indexes=idx, views=views, warnings=warns, **scalars)
+
+
+@dataclass
+class BackfillJob:
+    """One shadow column to fill: a key (`kind='key'`) or a foreign key (`kind='fk'`)."""
+
+    job_id: str
+    kind: str
+    table: TableRef
+    column: str  # the integer column (key, or FK column)
+    shadow: str
+    batch_column: str
+    ref_table: TableRef | None = None
+    ref_column: str | None = None
+    ref_shadow: str | None = None
+    level: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def backfill_jobs(plan: Plan) -> list[BackfillJob]:
+    """Key jobs first (parents before children), then FK jobs; the barrier sits between them."""
+    jobs: list[BackfillJob] = []
+    for k in sorted(plan.keys, key=lambda k: (k.level, k.table)):
+        jobs.append(
+            BackfillJob(
+                job_id=f"key:{k.key}", kind="key", table=k.table, column=k.column,
+                shadow=k.shadow, batch_column=k.column, level=k.level,
+            )
+        )
+    for f in sorted(plan.foreign_keys, key=lambda f: (f.table, f.column)):
+        parent = plan.key_for(f.ref_table)
+        assert parent is not None
+        jobs.append(
+            BackfillJob(
+                job_id=f"fk:{f.key}", kind="fk", table=f.table, column=f.column, shadow=f.shadow,
+                batch_column=f.batch_column, ref_table=f.ref_table, ref_column=f.ref_column,
+                ref_shadow=parent.shadow, level=parent.level + 1,
+            )
+        )
+    return jobs

@@ -1,0 +1,84 @@
+"""Every object name the tool derives, in one place, each checked against PostgreSQL's 63-byte limit."""
+
+from __future__ import annotations
+
+import hashlib
+
+from .model import TableRef
+
+NAMEDATALEN = 63  # bytes PostgreSQL keeps of an identifier
+STATE_SCHEMA = "online_uuid"
+SHADOW_SUFFIX = "_uuid"
+RETIRED_SUFFIX = "_int"
+
+
+def fit(name: str, salt: str = "") -> str:
+    """Return `name` if it fits in 63 bytes, else a truncation ending in a short stable hash.
+
+    PostgreSQL silently truncates long identifiers, which would make two derived names collide
+    or make a later lookup miss; we shorten deterministically instead.
+    """
+    if len(name.encode()) <= NAMEDATALEN:
+        return name
+    digest = hashlib.sha1((salt + name).encode()).hexdigest()[:8]
+    head = name.encode()[: NAMEDATALEN - 9].decode("utf-8", errors="ignore")
+    return f"{head}_{digest}"
+
+
+def shadow_column(column: str) -> str:
+    return fit(column + SHADOW_SUFFIX)
+
+
+def retired_column(column: str) -> str:
+    return fit(column + RETIRED_SUFFIX)
+
+
+def _object(table: TableRef, column: str, tag: str) -> str:
+    return fit(f"ou_{table.name}_{column}_{tag}", salt=f"{table.schema}.{table.name}.{column}")
+
+
+def key_trigger(table: TableRef, column: str) -> str:
+    """Trigger that keeps a key's shadow immutable once set (and filled on insert)."""
+    return _object(table, column, "key")
+
+
+def fk_trigger(table: TableRef, column: str) -> str:
+    """Trigger that keeps a foreign key's shadow equal to the referenced row's other key."""
+    return _object(table, column, "fk")
+
+
+def fk_fixup_trigger(table: TableRef, column: str) -> str:
+    """Deferred constraint trigger that fills a shadow FK whose parent appeared later in the tx."""
+    return _object(table, column, "fkfix")
+
+
+def function_name(trigger: str) -> str:
+    """Trigger functions live in the state schema, never in the user's schemas."""
+    return fit(trigger + "_fn")
+
+
+def unique_index(table: TableRef, column: str) -> str:
+    """Unique index on a key's shadow column, built concurrently; becomes the primary key."""
+    return _object(table, column, "uq")
+
+
+def not_null_check(table: TableRef, column: str) -> str:
+    return _object(table, column, "nn")
+
+
+def twin_index(index: str) -> str:
+    return fit(f"{index}_ou", salt=index)
+
+
+def shadow_fk(constraint: str) -> str:
+    return fit(f"{constraint}_ou", salt=constraint)
+
+
+def advisory_key(migration: str) -> str:
+    """Text hashed by hashtext() for the migration's advisory lock."""
+    return f"{STATE_SCHEMA}:{migration}"
+
+
+def application_name(migration: str, role: str) -> str:
+    """application_name so DBAs can spot and cancel our sessions in pg_stat_activity (64 bytes max)."""
+    return f"online-uuid/{migration}/{role}"[:63]

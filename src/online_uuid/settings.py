@@ -1,0 +1,94 @@
+"""Frozen option sets for each phase; every option is also an ONLINE_UUID_* environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import RefusedError
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    """--dsn, else ONLINE_UUID_DSN, else DATABASE_URL, else "" (libpq then reads PG* variables)."""
+    for value in (dsn, os.environ.get("ONLINE_UUID_DSN"), os.environ.get("DATABASE_URL")):
+        if value:
+            return value
+    return ""
+
+
+def redact(dsn: str) -> str:
+    """A DSN fit for output: the password is never shown."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - an unparsable DSN is shown as a placeholder
+        return "<unparsable dsn>"
+    if "password" in parts:
+        parts["password"] = "***"
+    return make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    """How DDL waits for locks: short timeout, retried with backoff and jitter."""
+
+    lock_timeout_ms: int = 500
+    max_attempts: int = 20
+    retry_for_s: float = 60.0
+    statement_timeout_ms: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.lock_timeout_ms <= 0:
+            raise RefusedError("--lock-timeout must be a positive number of milliseconds")
+        if self.max_attempts < 1:
+            raise RefusedError("--max-attempts must be at least 1")
+
+
+@dataclass(frozen=True)
+class StartSettings:
+    uuid_version: str = "v4"
+    cascade_deletes: bool = False
+    backfill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.uuid_version not in ("v4", "v7"):
+            raise RefusedError(f"--uuid {self.uuid_version}: choose v4 or v7")
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Pacing of the backfill; the runtime-tunable ones can also change through `throttle`."""
+
+    target_batch_ms: int = 200
+    min_batch_size: int = 100
+    max_batch_size: int = 50_000
+    initial_batch_size: int = 1_000
+    max_rows_per_second: float | None = None
+    max_replication_lag_s: float = 10.0
+    max_wal_rate_bytes: float | None = None
+    max_active_sessions: int | None = None
+    throttle_query: str | None = None
+    nice_ratio: float = 0.0
+    replica_dsns: tuple[str, ...] = ()
+    vacuum_every_pct: float = 5.0
+    workers: int = 1
+    barrier_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_batch_size <= self.max_batch_size:
+            raise RefusedError("--min-batch-size must be positive and at most --max-batch-size")
+        if self.target_batch_ms <= 0:
+            raise RefusedError("--target-batch-ms must be positive")
+        if self.nice_ratio < 0:
+            raise RefusedError("--nice-ratio must be zero or positive")
+        if self.workers < 1:
+            raise RefusedError("--workers must be at least 1")
+
+
+@dataclass(frozen=True)
+class CutoverSettings:
+    lock: LockSettings = LockSettings()
+    terminate_blockers: bool = False
+    reset_idle_sessions: tuple[str, ...] = ()
+    max_transaction_age_s: float = 60.0
