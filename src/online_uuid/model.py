@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -9,6 +10,24 @@ from typing import Any
 from psycopg import sql
 
 PLAN_FORMAT_VERSION = 1
+
+# PostgreSQL's reserved key words (SQL Key Words appendix): shown quoted in human output.
+RESERVED = frozenset(
+    """all analyse analyze and any array as asc asymmetric authorization binary both case cast check
+    collate collation column concurrently constraint create cross current_catalog current_date
+    current_role current_schema current_time current_timestamp current_user default deferrable desc
+    distinct do else end except false fetch for foreign freeze from full grant group having ilike in
+    initially inner intersect into is isnull join lateral leading left like limit localtime
+    localtimestamp natural not notnull null offset on only or order outer overlaps placing primary
+    references returning right select session_user similar some symmetric system_user table tablesample
+    then to trailing true union unique user using variadic verbose when where window with""".split()
+)
+
+
+def _show(name: str) -> str:
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in RESERVED:
+        return name
+    return sql.Identifier(name).as_string(None)
 
 
 @dataclass(frozen=True, order=True)
@@ -23,7 +42,8 @@ class TableRef:
         return sql.Identifier(self.schema, self.name)
 
     def display(self) -> str:
-        return sql.Identifier(self.schema, self.name).as_string(None)
+        """`schema.name`, quoting only the parts SQL would need quoted (mixed case, spaces, keywords)."""
+        return f"{_show(self.schema)}.{_show(self.name)}"
 
     def __str__(self) -> str:
         return self.display()
@@ -87,12 +107,15 @@ class IndexTwin:
     include: tuple[str, ...] = ()
     unique: bool = False
     method: str = "btree"
-    constraint: str | None = None  # unique constraint name when the index backs one
+    constraint: str | None = None  # constraint name when the index backs a unique/primary key
+    constraint_type: str = ""  # "u" or "p" (a child's composite primary key)
     deferrable: bool = False
     initially_deferred: bool = False
     predicate: str | None = None  # partial index WHERE, as the server prints it
     descending: tuple[bool, ...] = ()
     nulls_first: tuple[bool, ...] = ()
+    opclasses: tuple[str | None, ...] = ()  # non-default operator class per key column (kept ones)
+    collations: tuple[str | None, ...] = ()  # non-default collation per key column
 
 
 @dataclass(frozen=True)
@@ -206,6 +229,8 @@ class Plan:
                     "include": tuple(i["include"]),
                     "descending": tuple(i["descending"]),
                     "nulls_first": tuple(i["nulls_first"]),
+                    "opclasses": tuple(i.get("opclasses", ())),
+                    "collations": tuple(i.get("collations", ())),
                 }
             )
             for i in doc.get("indexes", [])

@@ -1,0 +1,206 @@
+"""The Python API: every command of the CLI as a function, usable from deploy scripts or Alembic.
+
+Each function takes a DSN (or "" for libpq's PG* variables), opens its own sessions, and, except
+`plan`, `status` and `verify`, works under the migration's advisory lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from . import state
+from .db import connect
+from .errors import StateError, VerifyError
+from .executor import render_steps
+from .metrics import Metrics
+from .model import Phase, Plan
+from .naming import application_name
+from .phases import cutover as cutover_phase
+from .phases import finalize as finalize_phase
+from .phases import rollback as rollback_phase
+from .phases import start as start_phase
+from .plan import build_plan
+from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
+from .verify import VerifyReport, run_verify
+
+__all__ = [
+    "backfill", "cutover", "cutover_check", "finalize", "pause", "plan", "plan_sql", "resume", "rollback",
+    "start", "status", "throttle", "verify",
+]
+
+
+@contextmanager
+def _session(dsn: str, migration: str | None, role: str, lock: bool = True) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A control connection with the migration resolved and (optionally) its advisory lock held."""
+    conn = connect(dsn, application_name(migration or "-", role))
+    try:
+        mid = state.resolve(conn, migration)
+        if not lock:
+            yield conn, mid
+            return
+        with state.migration_lock(conn, mid):
+            yield conn, mid
+    finally:
+        conn.close()
+
+
+def plan(dsn: str, tables: Sequence[str], *, uuid_version: str = "v4", cascade_deletes: bool = False) -> Plan:
+    """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
+    with connect(dsn, "online-uuid/plan") as conn:
+        return build_plan(conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes)
+
+
+def plan_sql(dsn: str, p: Plan) -> str:
+    """Every statement start, cutover and finalize would run, in order; nothing is executed."""
+    with connect(dsn, "online-uuid/plan") as conn:
+        parts = [
+            render_steps(conn, start_phase.start_steps(p), "start: expand (shadow columns, triggers)"),
+            "-- backfill: batched UPDATEs in keyset order, cursor saved with each batch (not shown)\n",
+            render_steps(conn, cutover_phase.prepare_steps(p, cutover_phase.FORWARD), "cutover: online preparation"),
+            "-- cutover: the swap, one transaction\nBEGIN;\n"
+            + "\n".join(
+                st.as_string(conn) + ";"
+                for st in [cutover_phase.s.build_lock(p.tables()), *cutover_phase.swap_statements(p, "shadow", {})]
+            )
+            + "\nCOMMIT;\n",
+            render_steps(conn, cutover_phase.post_steps(p, cutover_phase.FORWARD), "cutover: after the swap"),
+            render_steps(conn, finalize_phase.finalize_steps(p), "finalize"),
+        ]
+    return "\n".join(parts)
+
+
+def start(
+    dsn: str,
+    tables: Sequence[str],
+    *,
+    migration: str | None = None,
+    settings: StartSettings | None = None,
+    lock: LockSettings | None = None,
+    backfill_settings: BackfillSettings | None = None,
+    metrics: Metrics | None = None,
+    progress: Any = None,
+) -> str:
+    """Expand (shadow columns + triggers), then backfill unless settings.backfill is False.
+
+    Resumes an unfinished migration of the same tables, so rerunning after a crash is safe.
+    """
+    settings = settings or StartSettings()
+    lock = lock or LockSettings()
+    conn = connect(dsn, application_name(migration or "-", "start"))
+    try:
+        mid, p, _resumed = start_phase.prepare_migration(conn, tables, migration, settings)
+        with state.migration_lock(conn, mid):
+            if metrics:
+                metrics.set_phase(Phase.EXPANDING)
+            start_phase.run_expand(conn, mid, p, lock)
+            if metrics:
+                metrics.set_phase(state.load(conn, mid).phase)
+            if settings.backfill:
+                _run_backfill(dsn, mid, backfill_settings or BackfillSettings(), metrics, progress)
+    finally:
+        conn.close()
+    return mid
+
+
+def _run_backfill(dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any) -> Any:
+    from .backfill import run_backfill
+
+    return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress)
+
+
+def backfill(
+    dsn: str,
+    migration: str | None = None,
+    *,
+    settings: BackfillSettings | None = None,
+    metrics: Metrics | None = None,
+    progress: Any = None,
+) -> Any:
+    """Run or resume the backfill until every shadow column is filled."""
+    with _session(dsn, migration, "control") as (_conn, mid):
+        return _run_backfill(dsn, mid, settings or BackfillSettings(), metrics, progress)
+
+
+def verify(dsn: str, migration: str | None = None) -> VerifyReport:
+    """Check the shadow data online; the report's `ok` is True only when everything holds."""
+    with _session(dsn, migration, "verify", lock=False) as (conn, mid):
+        m = state.load(conn, mid)
+        return run_verify(conn, m.plan, cut_over=m.phase in (Phase.CUT_OVER, Phase.REVERTING))
+
+
+def cutover_check(dsn: str, migration: str | None = None, settings: CutoverSettings | None = None) -> list[str]:
+    """What would block a cutover now; takes no lock."""
+    with _session(dsn, migration, "cutover", lock=False) as (conn, mid):
+        return cutover_phase.check(conn, mid, state.load(conn, mid).plan, settings or CutoverSettings())
+
+
+def cutover(
+    dsn: str, migration: str | None = None, *, settings: CutoverSettings | None = None,
+    metrics: Metrics | None = None,
+) -> cutover_phase.SwapResult:
+    """Verify, prepare online, then swap keys in one short transaction."""
+    settings = settings or CutoverSettings()
+    with _session(dsn, migration, "cutover") as (conn, mid):
+        m = state.load(conn, mid)
+        if m.phase in (Phase.BACKFILLED, Phase.PREPARING):
+            report = run_verify(conn, m.plan)
+            if not report.ok:
+                raise VerifyError(f"verify failed, cutover refused: {report.first_problem()}", report.to_json())
+        result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics)
+        if metrics:
+            metrics.set_phase(Phase.CUT_OVER)
+        cutover_phase.reset_idle_sessions(conn, settings.reset_idle_sessions)
+        return result
+
+
+def rollback(dsn: str, migration: str | None = None, *, lock: LockSettings | None = None,
+             settings: CutoverSettings | None = None) -> Phase:
+    """Before cutover: remove everything start made. After cutover: swap back to the integer keys."""
+    lock = lock or LockSettings()
+    settings = settings or CutoverSettings(lock=lock)
+    with _session(dsn, migration, "rollback") as (conn, mid):
+        return rollback_phase.run_rollback(conn, mid, lock, settings)
+
+
+def finalize(dsn: str, migration: str | None = None, *, lock: LockSettings | None = None) -> None:
+    """Drop the retired integer columns and every helper object; the state keeps the history."""
+    with _session(dsn, migration, "finalize") as (conn, mid):
+        finalize_phase.run_finalize(conn, mid, lock or LockSettings())
+
+
+def status(dsn: str, migration: str | None = None) -> dict[str, Any]:
+    with _session(dsn, migration, "status", lock=False) as (conn, mid):
+        from . import control
+
+        return control.status(conn, mid)
+
+
+def pause(dsn: str, migration: str | None = None) -> None:
+    with _session(dsn, migration, "control", lock=False) as (conn, mid):
+        from . import control
+
+        control.pause(conn, mid)
+
+
+def resume(dsn: str, migration: str | None = None) -> None:
+    with _session(dsn, migration, "control", lock=False) as (conn, mid):
+        from . import control
+
+        control.resume(conn, mid)
+
+
+def throttle(dsn: str, migration: str | None = None, **limits: Any) -> None:
+    with _session(dsn, migration, "control", lock=False) as (conn, mid):
+        from . import control
+
+        control.set_throttle(conn, mid, **limits)
+
+
+def require_phase(conn: psycopg.Connection, mid: str, *phases: Phase) -> None:
+    current = state.load(conn, mid).phase
+    if current not in phases:
+        raise StateError(f"migration {mid} is {current}; this needs {' or '.join(p.value for p in phases)}")

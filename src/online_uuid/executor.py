@@ -1,0 +1,167 @@
+"""Runs steps: short lock_timeout, retries with backoff and jitter, each step recorded in state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+import structlog
+from psycopg import errors as pgerrors
+from psycopg import sql
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from . import catalog, state
+from .errors import LockTimeoutError
+from .model import TableRef
+from .settings import LockSettings
+
+log = structlog.get_logger("online_uuid")
+
+DDL = "ddl"  # one transaction, short lock_timeout, retried on lock timeouts
+ONLINE = "online"  # autocommit, one statement at a time (CREATE INDEX CONCURRENTLY, VALIDATE)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A unit of work that is done exactly once per migration (its id is recorded when done)."""
+
+    id: str
+    statements: tuple[sql.Composable, ...]
+    tables: tuple[TableRef, ...] = ()
+    kind: str = DDL
+    description: str = ""
+    index: tuple[TableRef, str] | None = None  # a concurrently built index to clean up if INVALID
+    phase: str = ""
+
+
+@dataclass
+class Executor:
+    """Executes steps on one autocommit connection for one migration."""
+
+    conn: psycopg.Connection
+    migration: str
+    lock: LockSettings
+    online_lock_timeout_ms: int = 600_000
+    executed: list[str] = field(default_factory=list)
+
+    def run_all(self, steps: Iterable[Step]) -> None:
+        for step in steps:
+            self.run(step)
+
+    def run(self, step: Step) -> bool:
+        """Run `step` unless already done; returns True when it ran now."""
+        if state.step_done(self.conn, self.migration, step.id):
+            return False
+        started = time.monotonic()
+        if step.kind == ONLINE:
+            self._run_online(step)
+        else:
+            self._run_ddl(step)
+        log.info("step done", step=step.id, seconds=round(time.monotonic() - started, 3))
+        self.executed.append(step.id)
+        return True
+
+    def _run_ddl(self, step: Step) -> None:
+        def attempt() -> None:
+            with self.conn.transaction():
+                self.conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock.lock_timeout_ms}ms"))
+                )
+                for stmt in step.statements:
+                    self.conn.execute(stmt)
+                state.mark_step(self.conn, self.migration, step.id)
+
+        with_lock_retries(self.conn, self.lock, step.tables, attempt, what=step.description or step.id)
+
+    def _run_online(self, step: Step) -> None:
+        if step.index is not None:
+            self._drop_invalid_index(*step.index)
+        self.conn.execute(
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.online_lock_timeout_ms}ms"))
+        )
+        try:
+            for stmt in step.statements:
+                self.conn.execute(stmt)
+        finally:
+            self.conn.execute("RESET lock_timeout")
+        state.mark_step(self.conn, self.migration, step.id)
+
+    def _drop_invalid_index(self, table: TableRef, index: str) -> None:
+        row = self.conn.execute(
+            "SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            (sql.Identifier(table.schema, index).as_string(self.conn),),
+        ).fetchone()
+        if row and row[0]:
+            log.warning("dropping an INVALID index left by an earlier attempt", index=index)
+            self.conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(table.schema, index))
+            )
+
+
+def with_lock_retries(
+    conn: psycopg.Connection,
+    lock: LockSettings,
+    tables: Iterable[TableRef],
+    attempt: object,
+    *,
+    what: str,
+) -> None:
+    """Call `attempt()` until it gets its locks; give up with LockTimeoutError naming the blockers."""
+    assert callable(attempt)
+    retrying = Retrying(
+        retry=retry_if_exception_type(pgerrors.LockNotAvailable),
+        stop=stop_after_attempt(lock.max_attempts) | stop_after_delay(lock.retry_for_s),
+        wait=wait_random_exponential(multiplier=0.05, max=5),
+        before_sleep=lambda rs: log.info(
+            "lock busy, retrying", what=what, attempt=rs.attempt_number, lock_timeout_ms=lock.lock_timeout_ms
+        ),
+        reraise=False,
+    )
+    try:
+        for try_ in retrying:
+            with try_:
+                attempt()
+    except RetryError:
+        blockers = blockers_of(conn, tables)
+        raise LockTimeoutError(
+            f"gave up waiting for locks on {', '.join(str(t) for t in tables) or 'the tables'} for {what} "
+            f"after {lock.max_attempts} attempts of {lock.lock_timeout_ms} ms; "
+            f"blocked by {describe_blockers(blockers)}; nothing was changed, retry when they finish",
+            blockers,
+        ) from None
+
+
+def blockers_of(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[dict[str, object]]:
+    oids = [oid for t in tables if (oid := catalog.read_table_ref(conn, t)) is not None]
+    return [dict(b) for b in catalog.read_blockers(conn, oids)] if oids else []
+
+
+def describe_blockers(blockers: list[dict[str, object]]) -> str:
+    if not blockers:
+        return "no backend visible now"
+    parts = [
+        f"pid {b['pid']} ({b.get('application_name') or '-'}, {b.get('state')}, "
+        f"transaction {b.get('xact_age_s')} s old: {str(b.get('query') or '')[:80]!r})"
+        for b in blockers[:3]
+    ]
+    more = f" and {len(blockers) - 3} more" if len(blockers) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def render_steps(conn: psycopg.Connection | None, steps: Iterable[Step], title: str) -> str:
+    """The SQL text of `steps`, as `plan --sql` prints it; nothing is executed."""
+    out = [f"-- {title}"]
+    for step in steps:
+        mode = "outside a transaction" if step.kind == ONLINE else "one transaction, SET LOCAL lock_timeout"
+        out.append(f"-- step {step.id} ({mode})")
+        out.extend(s.as_string(conn).rstrip().rstrip(";") + ";" for s in step.statements)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,26 @@
+"""Keyset walking over an integer column: batch bounds from an index walk, never OFFSET."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from .model import TableRef
+
+
+def read_bounds(conn: psycopg.Connection, table: TableRef, column: str) -> tuple[int | None, int | None]:
+    row = conn.execute(
+        sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(c=sql.Identifier(column), t=table.ident)
+    ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def read_upper_bound(conn: psycopg.Connection, table: TableRef, column: str, lo: int, hi_max: int, n: int) -> int | None:
+    """The key of the n-th row at or after `lo` (at most `hi_max`): one index walk of n entries."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT max(k) FROM (SELECT {c} AS k FROM {t} WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) s"
+        ).format(c=sql.Identifier(column), t=table.ident),
+        (lo, hi_max, n),
+    ).fetchone()
+    return None if row is None else row[0]

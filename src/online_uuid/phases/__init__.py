@@ -1,0 +1,1 @@
+"""One module per phase: start (expand), cutover (prepare + swap), rollback, finalize."""

@@ -1,0 +1,290 @@
+"""Cutover: online preparation, then one short transaction that swaps keys, FKs and names.
+
+The same code swaps back (rollback after cutover): `side` names the columns coming in, "shadow"
+(uuid, forward) or "retired" (integer, reverse). Under the lock only the catalog changes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from .. import naming, state
+from .. import statements as s
+from ..catalog import read_table_ref
+from ..errors import LockTimeoutError, StateError
+from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers
+from ..metrics import Metrics
+from ..model import Phase, Plan, TableRef
+from ..settings import CutoverSettings
+
+log = structlog.get_logger("online_uuid")
+
+FORWARD, REVERSE = "shadow", "retired"
+
+
+def other(side: str) -> str:
+    return REVERSE if side == FORWARD else FORWARD
+
+
+def prepare_steps(plan: Plan, side: str) -> list[Step]:
+    """Everything slow, done online before any strong lock: indexes, proofs of NOT NULL, FKs."""
+    p = f"prepare:{side}"
+    steps: list[Step] = []
+    for k in plan.keys:
+        uq = naming.unique_index(k.table, k.column)
+        steps.append(Step(f"{p}:uq:{k.key}", (s.build_unique_index(k, side),), (k.table,), ONLINE,
+                          f"unique index {uq}", index=(k.table, uq)))
+        if side == FORWARD:
+            steps += _not_null_steps(p, k.table, s.col_on(k, side), naming.not_null_check(k.table, k.column), k.key)
+    for f in plan.foreign_keys:
+        if f.not_null:
+            steps += _not_null_steps(p, f.table, s.col_on(f, side), naming.not_null_check(f.table, f.column), f.key)
+    for ix in plan.indexes:
+        steps.append(Step(f"{p}:twin:{ix.table}:{ix.name}", (s.build_twin_index(plan, ix, side),), (ix.table,),
+                          ONLINE, f"twin of index {ix.name}", index=(ix.table, ix.twin)))
+    for f in plan.foreign_keys:
+        name = naming.shadow_fk(f.name)
+        add = s.build_foreign_key(plan, f, side, name, s.prepared_fk_actions(f, side))
+        steps.append(Step(f"{p}:fk:{f.key}", (s.build_drop_constraint(f.table, name, if_exists=True), add),
+                          (f.table, f.ref_table), DDL, f"foreign key {name} NOT VALID"))
+        steps.append(Step(f"{p}:fkvalid:{f.key}", (s.build_validate(f.table, name),), (f.table,), ONLINE,
+                          f"validate {name}"))
+    return steps
+
+
+def _not_null_steps(prefix: str, table: TableRef, column: str, check: str, key: str) -> list[Step]:
+    return [
+        Step(f"{prefix}:nn:{key}", (s.build_drop_constraint(table, check, if_exists=True),
+                                    s.build_not_null_check(table, column, check)), (table,), DDL,
+             f"NOT NULL proof on {table}.{column}"),
+        Step(f"{prefix}:nnvalid:{key}", (s.build_validate(table, check),), (table,), ONLINE, f"validate {check}"),
+    ]
+
+
+def swap_statements(plan: Plan, side: str, view_defs: dict[TableRef, str]) -> list[sql.Composable]:
+    """The body of the swap transaction, after LOCK: catalog changes only, never a table scan."""
+    out = other(side)
+    st: list[sql.Composable] = []
+    for v in sorted(plan.views, key=lambda v: -v.depth):
+        st.append(s.build_drop_view(v.view))
+    for f in plan.foreign_keys:
+        st += s.build_drop_fk_triggers(f)
+    if side == FORWARD:
+        for k in plan.keys:
+            st += s.build_drop_key_triggers(k)
+    for f in plan.foreign_keys:
+        st.append(s.build_drop_constraint(f.table, f.name))
+    for ix in plan.indexes:
+        st.append(s.build_drop_constraint(ix.table, ix.constraint) if ix.constraint else s.build_drop_index(ix.table, ix.name))
+    for k in plan.keys:
+        st.append(s.build_drop_constraint(k.table, k.constraint))
+    for item in (*plan.keys, *plan.foreign_keys):
+        st.append(s.build_rename_column(item.table, item.column, s.col_on(item, out)))
+        st.append(s.build_rename_column(item.table, s.col_on(item, side), item.column))
+    for k in plan.keys:
+        st.append(s.build_set_not_null(k.table, k.column))
+        if side == FORWARD:
+            st.append(s.build_drop_constraint(k.table, naming.not_null_check(k.table, k.column)))
+    for f in plan.foreign_keys:
+        if f.not_null:
+            st.append(s.build_set_not_null(f.table, f.column))
+            st.append(s.build_drop_constraint(f.table, naming.not_null_check(f.table, f.column)))
+            st.append(s.build_set_not_null(f.table, s.col_on(f, out), on=False))
+    for k in plan.keys:
+        st.append(s.build_primary_key_using(k.table, k.constraint, naming.unique_index(k.table, k.column)))
+    for ix in plan.indexes:
+        st.append(s.build_constraint_using(ix) if ix.constraint else s.build_rename_index(ix.table, ix.twin, ix.name))
+    for f in plan.foreign_keys:
+        st += _final_fk(plan, f, side)
+    for v in sorted(plan.views, key=lambda v: v.depth):
+        st += s.build_create_view(v, view_defs.get(v.view, v.definition))
+    for f in plan.foreign_keys:
+        st += s.build_fk_triggers(plan, f, out)
+    if side == REVERSE:
+        for k in plan.keys:
+            st += s.build_key_triggers(plan, k)
+    return st
+
+
+def _final_fk(plan: Plan, f: Any, side: str) -> list[sql.Composable]:
+    prepared = naming.shadow_fk(f.name)
+    if s.prepared_fk_actions(f, side) == s.fk_actions(f, side):
+        return [s.build_rename_constraint(f.table, prepared, f.name)]
+    return [
+        s.build_drop_constraint(f.table, prepared),
+        s.build_foreign_key(plan, f, side, f.name, s.fk_actions(f, side), live=True),
+    ]
+
+
+def post_steps(plan: Plan, side: str) -> list[Step]:
+    """FKs recreated NOT VALID in the swap (their actions changed) are validated online after it."""
+    return [
+        Step(f"post:{side}:fkvalid:{f.key}", (s.build_validate(f.table, f.name),), (f.table,), ONLINE,
+             f"validate {f.name}")
+        for f in plan.foreign_keys
+        if s.prepared_fk_actions(f, side) != s.fk_actions(f, side)
+    ]
+
+
+@dataclass
+class SwapResult:
+    lock_held_s: float
+    attempts: int
+    blockers_terminated: list[int] = field(default_factory=list)
+
+
+def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
+    defs: dict[TableRef, str] = {}
+    for v in plan.views:
+        row = conn.execute("SELECT pg_get_viewdef(to_regclass(%s))", (v.view.ident.as_string(conn),)).fetchone()
+        if row is None or row[0] is None:
+            raise StateError(f"view {v.view} disappeared since the plan was made; recreate it or roll back")
+        defs[v.view] = row[0]
+    return defs
+
+
+def run_swap(
+    conn: psycopg.Connection, mid: str, plan: Plan, side: str, settings: CutoverSettings,
+    src: Phase, dst: Phase, metrics: Metrics | None = None,
+) -> SwapResult:
+    """One transaction: lock all tables in a fixed order, swap, move the phase; retried on lock timeout."""
+    lock = settings.lock
+    tables = plan.tables()
+    deadline = time.monotonic() + lock.retry_for_s
+    terminated: list[int] = []
+    for attempt in range(1, lock.max_attempts + 1):
+        try:
+            held = _swap_once(conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst)
+        except pgerrors.LockNotAvailable:
+            if metrics:
+                metrics.cutover_attempts.labels(outcome="lock_timeout").inc()
+            blockers = blockers_of(conn, tables)
+            log.info("cutover lock busy", attempt=attempt, blockers=describe_blockers(blockers))
+            if settings.terminate_blockers and blockers:
+                terminated += _terminate(conn, [int(str(b["pid"])) for b in blockers])
+                continue
+            if attempt == lock.max_attempts or time.monotonic() > deadline:
+                raise LockTimeoutError(
+                    f"cutover gave up after {attempt} attempts of {lock.lock_timeout_ms} ms; blocked by "
+                    f"{describe_blockers(blockers)}; nothing was changed: retry when they finish, or use "
+                    "--terminate-blockers",
+                    blockers,
+                ) from None
+            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))
+            continue
+        if metrics:
+            metrics.cutover_attempts.labels(outcome="success").inc()
+            metrics.lock_held.set(held)
+        return SwapResult(lock_held_s=held, attempts=attempt, blockers_terminated=terminated)
+    raise AssertionError("unreachable")
+
+
+def _swap_once(
+    conn: psycopg.Connection, mid: str, plan: Plan, side: str, lock_ms: int, stmt_ms: int, src: Phase, dst: Phase
+) -> float:
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{stmt_ms}ms")))
+        conn.execute(s.build_lock(plan.tables()))
+        locked_at = time.monotonic()
+        for stmt in swap_statements(plan, side, _capture_views(conn, plan)):
+            conn.execute(stmt)
+        state.move(conn, mid, src, dst)
+        state.forget_steps(conn, mid, f"prepare:{side}:")
+    return time.monotonic() - locked_at
+
+
+def _terminate(conn: psycopg.Connection, pids: list[int]) -> list[int]:
+    """Cancel, then terminate, only the backends that block the lock."""
+    for pid in pids:
+        conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+    time.sleep(0.2)
+    for pid in pids:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    log.warning("terminated blocking backends", pids=pids)
+    return pids
+
+
+def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...]) -> int:
+    """Terminate idle sessions of named applications so pools reconnect without stale plans."""
+    if not applications:
+        return 0
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle' AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
+        (list(applications),),
+    ).fetchall()
+    return len(rows)
+
+
+def run_cutover(
+    conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSettings, metrics: Metrics | None = None
+) -> SwapResult:
+    """Prepare online, swap under a short lock, then validate what the swap recreated."""
+    m = state.load(conn, mid)
+    if m.phase == Phase.CUT_OVER:
+        raise StateError(f"migration {mid} is already cut over; `online-uuid finalize` or `rollback` next")
+    if m.phase == Phase.BACKFILLED:
+        state.move(conn, mid, Phase.BACKFILLED, Phase.PREPARING)
+    elif m.phase != Phase.PREPARING:
+        raise StateError(f"migration {mid} is {m.phase}; cutover needs a finished backfill (`online-uuid backfill`)")
+    ex = Executor(conn, mid, settings.lock)
+    ex.run_all(prepare_steps(plan, FORWARD))
+    result = run_swap(conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics)
+    state.update(conn, mid, cutover={"lock_held_s": result.lock_held_s, "attempts": result.attempts})
+    state.event(conn, mid, "cutover", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})
+    ex.run_all(post_steps(plan, FORWARD))
+    return result
+
+
+def run_revert(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSettings) -> SwapResult:
+    """Rollback after cutover: integer keys back with their original values and names, online."""
+    m = state.load(conn, mid)
+    if m.phase == Phase.CUT_OVER:
+        state.move(conn, mid, Phase.CUT_OVER, Phase.REVERTING)
+    ex = Executor(conn, mid, settings.lock)
+    ex.run_all(prepare_steps(plan, REVERSE))
+    result = run_swap(conn, mid, plan, REVERSE, settings, Phase.REVERTING, Phase.BACKFILLED)
+    state.forget_steps(conn, mid, "post:")
+    state.event(conn, mid, "revert", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})
+    return result
+
+
+def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSettings) -> list[str]:
+    """What would block a cutover now; locks nothing."""
+    problems: list[str] = []
+    m = state.load(conn, mid)
+    if m.phase not in (Phase.BACKFILLED, Phase.PREPARING):
+        problems.append(f"phase is {m.phase}: the backfill has not finished")
+    for k in plan.keys:
+        for name in [naming.unique_index(k.table, k.column)] + [i.twin for i in plan.indexes if i.table == k.table]:
+            row = conn.execute(
+                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                (sql.Identifier(k.table.schema, name).as_string(conn),),
+            ).fetchone()
+            if row and row[0]:
+                problems.append(f"index {name} is INVALID (an interrupted build); cutover rebuilds it")
+    lag = conn.execute(
+        "SELECT application_name, extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication "
+        "WHERE replay_lag > make_interval(secs => 5)"
+    ).fetchall()
+    problems += [f"standby {name} lags {secs:.1f} s" for name, secs in lag]
+    oids = [o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None]
+    old = conn.execute(
+        "SELECT DISTINCT a.pid, a.application_name, extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = ANY(%s::oid[]) "
+        "AND l.granted AND a.pid <> pg_backend_pid() "
+        "AND a.xact_start < clock_timestamp() - make_interval(secs => %s)",
+        (oids, settings.max_transaction_age_s),
+    ).fetchall()
+    problems += [f"pid {pid} ({app or '-'}) holds a lock on the tables in a transaction {age:.0f} s old"
+                 for pid, app, age in old]
+    return problems

@@ -1,0 +1,103 @@
+"""Expand: shadow UUID columns with defaults and dual-write triggers, each step resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import structlog
+
+from .. import state
+from .. import statements as s
+from ..catalog import read_column, read_table_ref
+from ..errors import StateError
+from ..executor import Executor, Step
+from ..model import Phase, Plan
+from ..plan import build_plan
+from ..settings import LockSettings, StartSettings
+
+log = structlog.get_logger("online_uuid")
+
+
+def start_steps(plan: Plan) -> list[Step]:
+    """Keys first (their defaults serve new parents at once), then the FK columns and triggers."""
+    steps: list[Step] = []
+    if plan.generator.startswith('"online_uuid"'):
+        steps.append(Step("start:uuid_v7", (s.build_uuid_v7_function(),), description="uuid_v7()"))
+    for k in plan.keys:
+        stmts = [
+            s.build_add_column(k.table, k.shadow),
+            s.build_set_default(k.table, k.shadow, s.generator(plan)),
+            *s.build_drop_key_triggers(k),
+            *s.build_key_triggers(plan, k),
+        ]
+        steps.append(Step(f"start:key:{k.key}", tuple(stmts), (k.table,), description=f"shadow key {k.table}"))
+    for f in plan.foreign_keys:
+        stmts = [s.build_add_column(f.table, f.shadow), *s.build_drop_fk_triggers(f), *s.build_fk_triggers(plan, f, "shadow")]
+        steps.append(Step(f"start:fk:{f.key}", tuple(stmts), (f.table,), description=f"shadow FK {f.name}"))
+    return steps
+
+
+def default_migration_name(plan: Plan) -> str:
+    return plan.keys[0].table.name
+
+
+def find_resumable(conn: psycopg.Connection, tables: Sequence[str]) -> state.Migration | None:
+    """An unfinished migration covering the first listed table, to resume instead of starting anew."""
+    from ..catalog import read_table_by_oid, resolve_table
+
+    oid = resolve_table(conn, tables[0]) if tables else None
+    if oid is None or not state.schema_exists(conn):
+        return None
+    ref = read_table_by_oid(conn, oid).ref
+    for m in state.list_migrations(conn):
+        if m.phase in (Phase.FINALIZED, Phase.ROLLED_BACK):
+            continue
+        if any(k.table == ref for k in m.plan.keys):
+            return m
+    return None
+
+
+def recheck(conn: psycopg.Connection, plan: Plan) -> None:
+    """Refuse to resume when the schema changed under the migration since it started."""
+    for k in plan.keys:
+        oid = read_table_ref(conn, k.table)
+        col = read_column(conn, oid, k.column) if oid is not None else None
+        if col is None:
+            raise StateError(f"{k.table}.{k.column} is gone since the migration started; run `online-uuid rollback`")
+    for f in plan.foreign_keys:
+        oid = read_table_ref(conn, f.table)
+        if oid is None or read_column(conn, oid, f.column) is None:
+            raise StateError(f"{f.table}.{f.column} is gone since the migration started; run `online-uuid rollback`")
+
+
+def prepare_migration(
+    conn: psycopg.Connection, tables: Sequence[str], migration: str | None, settings: StartSettings
+) -> tuple[str, Plan, bool]:
+    """(migration id, plan, resumed): a new migration recorded in state, or the unfinished one."""
+    existing = find_resumable(conn, tables)
+    if existing is not None:
+        if migration and migration != existing.id:
+            raise StateError(
+                f"{tables[0]} is already in unfinished migration {existing.id!r}; resume that one "
+                "(--migration) or roll it back"
+            )
+        recheck(conn, existing.plan)
+        return existing.id, existing.plan, True
+    plan = build_plan(conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes)
+    mid = migration or default_migration_name(plan)
+    state.ensure_schema(conn)
+    options: dict[str, Any] = {"uuid": settings.uuid_version, "cascade_deletes": settings.cascade_deletes}
+    state.create(conn, mid, plan, options)
+    return mid, plan, False
+
+
+def run_expand(conn: psycopg.Connection, mid: str, plan: Plan, lock: LockSettings) -> None:
+    """Run the expand steps under the migration's advisory lock (caller holds it) and mark it expanded."""
+    current = state.load(conn, mid).phase
+    if current != Phase.EXPANDING:
+        return
+    Executor(conn, mid, lock).run_all(start_steps(plan))
+    state.move(conn, mid, Phase.EXPANDING, Phase.EXPANDED)
+    log.info("expand done", migration=mid, keys=len(plan.keys), foreign_keys=len(plan.foreign_keys))

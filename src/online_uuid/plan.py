@@ -1,0 +1,367 @@
+"""Builds the Plan from the live catalog and refuses, up front, anything it cannot migrate safely."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from . import catalog
+from .errors import PlanError
+from .model import (
+    DependentView,
+    ForeignKeyConversion,
+    IndexTwin,
+    KeyConversion,
+    Plan,
+    TableRef,
+    Warning_,
+)
+from .naming import retired_column, shadow_column, twin_index
+
+SUPPORTED_INDEX_METHODS = {"btree", "hash"}
+
+
+def generator_for(uuid_version: str, server_version: int) -> str:
+    """SQL expression for new UUIDs: core gen_random_uuid() for v4, never uuid-ossp."""
+    if uuid_version == "v7":
+        return "uuidv7()" if server_version >= 180000 else '"online_uuid".uuid_v7()'
+    return "gen_random_uuid()"
+
+
+class _Builder:
+    """Collects the plan table by table; each check raises PlanError naming the object and the fix."""
+
+    def __init__(self, conn: psycopg.Connection, cascade_deletes: bool) -> None:
+        self.conn = conn
+        self.cascade = cascade_deletes
+        self.keys: list[KeyConversion] = []
+        self.fks: list[ForeignKeyConversion] = []
+        self.indexes: dict[tuple[TableRef, str], IndexTwin] = {}
+        self.views: dict[int, DependentView] = {}
+        self.warnings: list[Warning_] = []
+        self.converted: dict[int, dict[int, str]] = {}  # table oid -> attnum -> role ("key"/"fk")
+        self.tables: dict[int, catalog.TableInfo] = {}
+
+    def table(self, oid: int) -> catalog.TableInfo:
+        if oid not in self.tables:
+            info = catalog.read_table_by_oid(self.conn, oid)
+            self._check_table(info)
+            self.tables[oid] = info
+        return self.tables[oid]
+
+    def _check_table(self, t: catalog.TableInfo) -> None:
+        if t.relkind == "p" or t.is_partition:
+            raise PlanError(
+                f"{t.ref} is partitioned (or a partition); online-uuid does not convert partitioned "
+                "tables yet: convert it offline or detach the partitions first"
+            )
+        if t.relkind != "r":
+            raise PlanError(f"{t.ref} is not a table (relkind {t.relkind}); list tables only")
+        if t.has_inheritance:
+            raise PlanError(
+                f"{t.ref} takes part in table inheritance; online-uuid cannot carry inherited "
+                "columns over: remove the inheritance first (ALTER TABLE ... NO INHERIT)"
+            )
+        if not t.owned:
+            raise PlanError(
+                f"permission denied: the current user does not own {t.ref}; run online-uuid as its "
+                "owner (or a member of the owning role)"
+            )
+
+    def add_key(self, name: str) -> None:
+        oid = catalog.resolve_table(self.conn, name)
+        if oid is None:
+            raise PlanError(
+                f"table {name} does not exist; check the name (schema-qualify it, and double-quote "
+                "mixed-case or reserved names, e.g. '\"AuditLog\"')"
+            )
+        info = self.table(oid)
+        pk = catalog.read_primary_key(self.conn, oid)
+        if pk is None:
+            raise PlanError(f"{info.ref} has no primary key; add one before converting it")
+        if len(pk["columns"]) != 1:
+            cols = ", ".join(pk["columns"])
+            raise PlanError(
+                f"{info.ref} has a composite primary key ({cols}); online-uuid converts single-column "
+                "integer keys only"
+            )
+        column, type_ = pk["columns"][0], pk["types"][0]
+        if type_ == "uuid":
+            raise PlanError(f"{info.ref}.{column} is already uuid; nothing to convert, drop it from --table")
+        if type_ not in catalog.INTEGER_TYPES:
+            raise PlanError(
+                f"{info.ref}.{column} is {type_}, not an integer key; online-uuid converts "
+                "smallint/integer/bigint keys only"
+            )
+        attnum = int(pk["conkey"][0])
+        if any(existing.table == info.ref for existing in self.keys):
+            return
+        self._check_free_names(info, column)
+        for fk in catalog.read_fks_from(self.conn, oid, attnum):
+            raise PlanError(
+                f"{info.ref}.{column} is both a primary key and a foreign key ({fk['conname']} -> "
+                f"{fk['target']}); list {fk['target']} too or convert {info.ref} separately"
+            )
+        self.converted.setdefault(oid, {})[attnum] = "key"
+        seq = pk["sequence"]
+        self.keys.append(
+            KeyConversion(
+                table=info.ref, column=column, type=type_, shadow=shadow_column(column),
+                retired=retired_column(column), constraint=pk["conname"], identity=pk["identity"] or "",
+                sequence=seq, default=pk["default_expr"], rows=info.rows, bytes=info.bytes,
+            )
+        )
+        self._add_referencing_fks(info, column, attnum)
+
+    def _check_free_names(self, info: catalog.TableInfo, column: str) -> None:
+        for derived in (shadow_column(column), retired_column(column)):
+            if catalog.read_column(self.conn, info.oid, derived) is not None:
+                raise PlanError(
+                    f"column {info.ref}.{derived} already exists and online-uuid needs that name for "
+                    f"{column}; rename or drop it first"
+                )
+
+    def _add_referencing_fks(self, parent: catalog.TableInfo, column: str, attnum: int) -> None:
+        for fk in catalog.read_referencing_fks(self.conn, parent.oid, attnum):
+            child = self.table(int(fk["child_oid"]))
+            if len(fk["conkey"]) != 1:
+                raise PlanError(
+                    f"foreign key {fk['conname']} on {child.ref} is composite and references "
+                    f"{parent.ref}.{column}; online-uuid cannot convert composite foreign keys: "
+                    "drop it before the migration and recreate it after"
+                )
+            if "d" in (fk["on_delete"], fk["on_update"]):
+                raise PlanError(
+                    f"foreign key {fk['conname']} on {child.ref} uses SET DEFAULT, which has no UUID "
+                    "equivalent; change it to another action first"
+                )
+            child_att = int(fk["conkey"][0])
+            col = catalog.read_column_by_num(self.conn, child.oid, child_att)
+            if col["type"] not in catalog.INTEGER_TYPES:
+                raise PlanError(f"{child.ref}.{col['attname']} is {col['type']}, expected an integer")
+            if self.converted.get(child.oid, {}).get(child_att) is not None:
+                raise PlanError(
+                    f"{child.ref}.{col['attname']} would be converted twice (it is a key and a foreign "
+                    f"key via {fk['conname']}); convert those tables in separate migrations"
+                )
+            self._check_free_names(child, col["attname"])
+            batch = catalog.read_batch_column(self.conn, child.oid, child_att)
+            if batch is None:
+                raise PlanError(
+                    f"{child.ref} has no single-column integer primary key and no index on "
+                    f"{col['attname']}, so the backfill cannot walk it; CREATE INDEX CONCURRENTLY on "
+                    f"{child.ref} ({col['attname']}) first"
+                )
+            self.converted.setdefault(child.oid, {})[child_att] = "fk"
+            self.fks.append(
+                ForeignKeyConversion(
+                    name=fk["conname"], table=child.ref, column=col["attname"],
+                    shadow=shadow_column(col["attname"]), retired=retired_column(col["attname"]),
+                    ref_table=parent.ref, ref_column=column, on_delete=fk["on_delete"],
+                    on_update=fk["on_update"], deferrable=fk["condeferrable"],
+                    initially_deferred=fk["condeferred"], not_null=col["attnotnull"],
+                    batch_column=batch, table_rows=child.rows,
+                    final_on_delete="c" if self.cascade else fk["on_delete"],
+                )
+            )
+
+    # --- dependents -------------------------------------------------------------------------
+
+    def collect_dependents(self) -> None:
+        for oid, atts in self.converted.items():
+            info = self.tables[oid]
+            for attnum in atts:
+                for dep in catalog.read_column_dependents(self.conn, oid, attnum):
+                    self._classify(info, attnum, dep)
+                for pub in catalog.read_publication_columns(self.conn, oid, attnum):
+                    raise PlanError(
+                        f"publication {pub} lists a converted column of {info.ref} in its column list; "
+                        "remove the column list (ALTER PUBLICATION ... SET TABLE) before migrating"
+                    )
+
+    def _classify(self, info: catalog.TableInfo, attnum: int, dep: dict[str, Any]) -> None:
+        kind, what = dep["catalog"], dep["description"]
+        if kind == "pg_class":
+            self._dependent_relation(info, int(dep["objid"]), what)
+        elif kind == "pg_constraint":
+            self._dependent_constraint(info, int(dep["objid"]), what)
+        elif kind == "pg_rewrite":
+            self._dependent_rule(int(dep["objid"]), what)
+        elif kind == "pg_attrdef":
+            pass  # the column's own default (a serial's nextval) stays with the integer column
+        else:
+            raise PlanError(
+                f"{what} depends on a converted column of {info.ref} and cannot be carried over; "
+                "drop it before the migration and recreate it after cutover"
+            )
+
+    def _dependent_relation(self, info: catalog.TableInfo, objid: int, what: str) -> None:
+        rel = catalog.read_table_by_oid(self.conn, objid) if objid else None
+        if rel is not None and rel.relkind == "S":
+            return  # the serial/identity sequence stays owned by the retired integer column
+        if rel is not None and rel.relkind == "i":
+            self._dependent_index(info, objid)
+            return
+        raise PlanError(
+            f"{what} depends on a converted column of {info.ref}; drop it before the migration "
+            "and recreate it after cutover"
+        )
+
+    def _dependent_index(self, info: catalog.TableInfo, index_oid: int) -> None:
+        idx = catalog.read_index(self.conn, index_oid)
+        if idx["indisprimary"] and self.converted[info.oid].get(idx["indkey"][0]) == "key":
+            return  # the key's own primary key: rebuilt from the shadow unique index
+        name = idx["name"]
+        if idx["has_exprs"] or None in idx["columns"]:
+            raise PlanError(
+                f"index {name} on {info.ref} uses a converted column in an expression; drop it before "
+                "the migration and recreate it after cutover"
+            )
+        if idx["predicate"] and any(
+            c in idx["predicate"] for c in self._converted_names(info.oid)
+        ):
+            raise PlanError(
+                f"partial index {name} on {info.ref} names a converted column in its WHERE clause; "
+                "drop it before the migration and recreate it after cutover"
+            )
+        if idx["method"] not in SUPPORTED_INDEX_METHODS:
+            raise PlanError(
+                f"index {name} on {info.ref} uses {idx['method']}, which online-uuid cannot rebuild on "
+                "uuid; drop it before the migration and recreate it after cutover"
+            )
+        if idx["contype"] == "x":
+            raise PlanError(
+                f"exclusion constraint {idx['conname']} on {info.ref} covers a converted column; drop "
+                "it before the migration and recreate it after cutover"
+            )
+        nkey = idx["nkey"]
+        converted = set(self._converted_names(info.oid))
+        opts = [int(o) for o in idx["indoption"]]
+        self.indexes[(info.ref, name)] = IndexTwin(
+            table=info.ref, name=name, twin=twin_index(name), columns=tuple(idx["columns"][:nkey]),
+            include=tuple(idx["columns"][nkey:]), unique=idx["indisunique"], method=idx["method"],
+            constraint=idx["conname"], constraint_type=idx["contype"] or "",
+            deferrable=bool(idx["condeferrable"]), initially_deferred=bool(idx["condeferred"]),
+            predicate=idx["predicate"], descending=tuple(bool(o & 1) for o in opts[:nkey]),
+            nulls_first=tuple(bool(o & 2) for o in opts[:nkey]),
+            opclasses=tuple(
+                None if c in converted else oc
+                for c, oc in zip(idx["columns"][:nkey], idx["opclasses"][:nkey], strict=True)
+            ),
+            collations=tuple(idx["collations"][:nkey]),
+        )
+
+    def _converted_names(self, oid: int) -> list[str]:
+        ref = self.tables[oid].ref
+        names = [k.column for k in self.keys if k.table == ref]
+        return names + [f.column for f in self.fks if f.table == ref]
+
+    def _dependent_constraint(self, info: catalog.TableInfo, con_oid: int, what: str) -> None:
+        con = catalog.read_constraint(self.conn, con_oid)
+        if con["contype"] == "f":
+            return  # foreign keys are converted themselves
+        if con["contype"] in ("p", "u", "x"):
+            return  # found through their index
+        raise PlanError(
+            f"{what} uses a converted column of {info.ref}; online-uuid cannot rewrite it for uuid: "
+            "drop it before the migration and recreate it after cutover"
+        )
+
+    def _dependent_rule(self, rewrite_oid: int, what: str) -> None:
+        rule = catalog.read_rewrite_view(self.conn, rewrite_oid)
+        ref = TableRef(rule["nspname"], rule["relname"])
+        if rule["relkind"] == "m":
+            raise PlanError(
+                f"materialized view {ref} reads a converted column; it would need a refresh under the "
+                "cutover lock: drop it before the migration and recreate it after"
+            )
+        if rule["relkind"] != "v" or rule["rulename"] != "_RETURN":
+            raise PlanError(f"{what} reads a converted column; drop the rule before the migration")
+        self._add_view(int(rule["oid"]), depth=0)
+
+    def _add_view(self, oid: int, depth: int) -> None:
+        if depth > 50:
+            raise PlanError("views nest more than 50 levels deep over a converted column")
+        known = self.views.get(oid)
+        if known is not None and known.depth >= depth:
+            return
+        v = catalog.read_view(self.conn, oid)
+        self.views[oid] = DependentView(
+            view=TableRef(v["nspname"], v["relname"]), definition=v["definition"], kind=v["relkind"],
+            options=tuple(v["options"]), acl=tuple(v["acl"]), owner=v["owner"], depth=depth,
+        )
+        for child in catalog.read_views_on_view(self.conn, oid):
+            rel = catalog.read_table_by_oid(self.conn, child)
+            if rel.relkind == "m":
+                raise PlanError(
+                    f"materialized view {rel.ref} reads a view over a converted column; drop it "
+                    "before the migration and recreate it after"
+                )
+            self._add_view(child, depth + 1)
+
+    # --- finishing ----------------------------------------------------------------------------
+
+    def levels(self) -> list[KeyConversion]:
+        """Dependency depth of each key (the guide's tree): roots 0, their children 1, ..."""
+        level = {k.table: 0 for k in self.keys}
+        for _ in range(len(self.keys)):
+            for f in self.fks:
+                if f.table in level and f.table != f.ref_table:
+                    level[f.table] = max(level[f.table], min(level[f.ref_table] + 1, len(self.keys)))
+        from dataclasses import replace
+
+        return sorted(
+            (replace(k, level=level[k.table]) for k in self.keys), key=lambda k: (k.level, k.table)
+        )
+
+    def function_warnings(self) -> None:
+        names = sorted(
+            {k.table.name for k in self.keys} | {f.table.name for f in self.fks}
+        )
+        for fn in catalog.read_functions_naming(self.conn, names):
+            self.warnings.append(
+                Warning_(
+                    object=f"function {fn}",
+                    message="its body names a converted table; pg_depend cannot see it, so check it "
+                    "still works with uuid keys after cutover",
+                )
+            )
+
+
+def build_plan(
+    conn: psycopg.Connection,
+    tables: Sequence[str],
+    *,
+    uuid_version: str = "v4",
+    cascade_deletes: bool = False,
+) -> Plan:
+    """Discover everything the migration of `tables` touches; raise PlanError on what it can't do."""
+    if not tables:
+        raise PlanError("no table given; pass --table NAME (repeatable)")
+    if uuid_version not in ("v4", "v7"):
+        raise PlanError(f"--uuid {uuid_version}: choose v4 or v7")
+    b = _Builder(conn, cascade_deletes)
+    for name in tables:
+        b.add_key(name)
+    b.collect_dependents()
+    if not catalog.read_can_create_schema(conn):
+        raise PlanError(
+            "permission denied: online-uuid needs CREATE on the database to make its state schema "
+            "online_uuid; GRANT CREATE ON DATABASE ... to this user, or create the schema for it"
+        )
+    b.function_warnings()
+    server = conn.info.server_version
+    return Plan(
+        keys=tuple(b.levels()),
+        foreign_keys=tuple(sorted(b.fks, key=lambda f: (f.table, f.column))),
+        indexes=tuple(sorted(b.indexes.values(), key=lambda i: (i.table, i.name))),
+        views=tuple(sorted(b.views.values(), key=lambda v: (v.depth, v.view))),
+        warnings=tuple(b.warnings),
+        uuid_version=uuid_version,
+        generator=generator_for(uuid_version, server),
+        cascade_deletes=cascade_deletes,
+        server_version=server,
+        database=conn.info.dbname,
+    )

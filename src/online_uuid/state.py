@@ -1,0 +1,272 @@
+"""The `online_uuid` state schema: migrations, phase transitions by compare-and-set, steps, events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .errors import ConcurrentRunError, StateError
+from .model import ACTIVE_PHASES, Phase, Plan, can_move
+from .naming import STATE_SCHEMA, advisory_key
+from .templates import render
+
+SCHEMA_VERSION = 1
+
+
+def _t(name: str) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, name)
+
+
+def schema_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f'"{STATE_SCHEMA}".migrations',)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """Create the state schema if missing; refuse one written by a newer online-uuid."""
+    if schema_exists(conn):
+        check_version(conn)
+        return
+    with conn.transaction():
+        conn.execute(
+            render(
+                "state_schema.sql",
+                schema=sql.Identifier(STATE_SCHEMA),
+                version=sql.Literal(SCHEMA_VERSION),
+            )
+        )
+
+
+def check_version(conn: psycopg.Connection) -> None:
+    row = conn.execute(sql.SQL("SELECT schema_version FROM {}").format(_t("meta"))).fetchone()
+    if row and row[0] > SCHEMA_VERSION:
+        raise StateError(
+            f"state schema {STATE_SCHEMA} is version {row[0]}, newer than this online-uuid "
+            f"({SCHEMA_VERSION}); upgrade online-uuid"
+        )
+
+
+@dataclass
+class Migration:
+    """One migration's row, with its plan decoded."""
+
+    id: str
+    phase: Phase
+    plan: Plan
+    options: dict[str, Any]
+    paused: bool
+    throttle: dict[str, Any]
+    throttle_state: dict[str, Any]
+    last_error: str | None
+    cutover: dict[str, Any]
+    barrier_at: Any = None
+
+
+def _row_to_migration(row: dict[str, Any]) -> Migration:
+    return Migration(
+        id=row["id"],
+        phase=Phase(row["phase"]),
+        plan=Plan.from_json(row["plan"]),
+        options=row["options"],
+        paused=row["paused"],
+        throttle=row["throttle"],
+        throttle_state=row["throttle_state"],
+        last_error=row["last_error"],
+        cutover=row["cutover"],
+        barrier_at=row["barrier_at"],
+    )
+
+
+def load(conn: psycopg.Connection, migration_id: str) -> Migration:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} WHERE id = %s").format(_t("migrations")), (migration_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise StateError(f"no migration named {migration_id!r}; `online-uuid status` lists them")
+    return _row_to_migration(row)
+
+
+def list_migrations(conn: psycopg.Connection) -> list[Migration]:
+    if not schema_exists(conn):
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} ORDER BY created_at").format(_t("migrations")))
+        return [_row_to_migration(r) for r in cur.fetchall()]
+
+
+def resolve(conn: psycopg.Connection, migration_id: str | None) -> str:
+    """The migration a command acts on: the one named, else the only unfinished one."""
+    if not schema_exists(conn):
+        raise StateError("no online-uuid migration in this database; run `online-uuid start` first")
+    if migration_id:
+        load(conn, migration_id)
+        return migration_id
+    active = [m.id for m in list_migrations(conn) if m.phase in ACTIVE_PHASES]
+    if len(active) == 1:
+        return active[0]
+    if not active:
+        raise StateError("no unfinished migration in this database; run `online-uuid start` first")
+    raise StateError(f"several migrations are unfinished ({', '.join(active)}); pass --migration NAME")
+
+
+def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dict[str, Any]) -> None:
+    """Record a new migration in phase `expanding`; refuse if a table is already in another one."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("INSERT INTO {} (id, phase, plan, options) VALUES (%s, %s, %s, %s)").format(
+                    _t("migrations")
+                ),
+                (migration_id, Phase.EXPANDING.value, Jsonb(plan.to_json()), Jsonb(options)),
+            )
+            for table in {k.table for k in plan.keys} | {f.table for f in plan.foreign_keys}:
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (migration_id, schema_name, table_name) VALUES (%s, %s, %s)"
+                    ).format(_t("migration_tables")),
+                    (migration_id, table.schema, table.name),
+                )
+    except psycopg.errors.UniqueViolation as exc:
+        diag = exc.diag.constraint_name or ""
+        if diag == "migrations_pkey":
+            raise StateError(
+                f"a migration named {migration_id!r} already exists; resume it with "
+                "`online-uuid start` on the same tables or pick another --migration name"
+            ) from None
+        owner = conn.execute(
+            sql.SQL(
+                "SELECT mt.migration_id, mt.schema_name, mt.table_name FROM {} mt "
+                "WHERE mt.active AND (mt.schema_name, mt.table_name) IN "
+                "(SELECT schema_name, table_name FROM {} WHERE migration_id = %s) LIMIT 1"
+            ).format(_t("migration_tables"), _t("migration_tables")),
+            (migration_id,),
+        ).fetchone()
+        what = f" ({owner[1]}.{owner[2]} is in migration {owner[0]!r})" if owner else ""
+        raise StateError(
+            f"another unfinished migration already covers these tables{what}; "
+            "finish or roll it back first"
+        ) from None
+
+
+def move(conn: psycopg.Connection, migration_id: str, src: Phase | set[Phase], dst: Phase) -> None:
+    """Compare-and-set the phase; fails if another run moved it first."""
+    sources = {src} if isinstance(src, Phase) else set(src)
+    bad = [s for s in sources if not can_move(s, dst)]
+    if bad:
+        raise StateError(f"cannot move migration {migration_id} from {bad[0]} to {dst}")
+    cur = conn.execute(
+        sql.SQL(
+            "UPDATE {} SET phase = %s, updated_at = clock_timestamp() WHERE id = %s AND phase = ANY(%s)"
+        ).format(_t("migrations")),
+        (dst.value, migration_id, [s.value for s in sources]),
+    )
+    if cur.rowcount != 1:
+        current = load(conn, migration_id).phase
+        raise StateError(
+            f"migration {migration_id} is in phase {current}, expected "
+            f"{' or '.join(sorted(s.value for s in sources))}; another run may have moved it"
+        )
+    event(conn, migration_id, "phase", {"to": dst.value})
+    if dst in (Phase.FINALIZED, Phase.ROLLED_BACK):
+        conn.execute(
+            sql.SQL("UPDATE {} SET active = false WHERE migration_id = %s").format(
+                _t("migration_tables")
+            ),
+            (migration_id,),
+        )
+
+
+def step_done(conn: psycopg.Connection, migration_id: str, step_id: str) -> bool:
+    row = conn.execute(
+        sql.SQL("SELECT 1 FROM {} WHERE migration_id = %s AND step_id = %s").format(_t("steps")),
+        (migration_id, step_id),
+    ).fetchone()
+    return row is not None
+
+
+def mark_step(conn: psycopg.Connection, migration_id: str, step_id: str) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (migration_id, step_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+        ).format(_t("steps")),
+        (migration_id, step_id),
+    )
+
+
+def forget_steps(conn: psycopg.Connection, migration_id: str, prefix: str) -> None:
+    """Steps of a phase that is being undone, so that a later run redoes them."""
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE migration_id = %s AND starts_with(step_id, %s)").format(
+            _t("steps")
+        ),
+        (migration_id, prefix),
+    )
+
+
+def event(conn: psycopg.Connection, migration_id: str, kind: str, detail: dict[str, Any]) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (migration_id, kind, detail) VALUES (%s, %s, %s)").format(
+            _t("events")
+        ),
+        (migration_id, kind, Jsonb(json.loads(json.dumps(detail, default=str)))),
+    )
+
+
+def update(conn: psycopg.Connection, migration_id: str, **fields: Any) -> None:
+    """Set columns of the migration row (paused, throttle, throttle_state, last_error, cutover...)."""
+    allowed = {"paused", "throttle", "throttle_state", "last_error", "cutover", "barrier_at"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"not a migration field: {sorted(unknown)}")
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields
+    )
+    values = [Jsonb(v) if isinstance(v, dict) else v for v in fields.values()]
+    conn.execute(
+        sql.SQL("UPDATE {} SET {}, updated_at = clock_timestamp() WHERE id = %s").format(
+            _t("migrations"), assignments
+        ),
+        (*values, migration_id),
+    )
+
+
+def delete(conn: psycopg.Connection, migration_id: str) -> None:
+    """Forget a rolled-back migration; drop the schema when nothing else is left in it."""
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(_t("migrations")), (migration_id,))
+    left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_t("migrations"))).fetchone()
+    if left and left[0] == 0:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(STATE_SCHEMA)))
+
+
+@contextmanager
+def migration_lock(conn: psycopg.Connection, migration_id: str) -> Iterator[None]:
+    """Session advisory lock: one online-uuid process per migration at a time."""
+    key = advisory_key(migration_id)
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+    if not row or not row[0]:
+        holder = conn.execute(
+            "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid "
+            "AND l.granted LIMIT 1",
+            (key,),
+        ).fetchone()
+        who = f" (pid {holder[0]}, {holder[1] or 'no application_name'})" if holder else ""
+        raise ConcurrentRunError(
+            f"another online-uuid run is working on migration {migration_id}{who}; "
+            "wait for it or stop it"
+        )
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))

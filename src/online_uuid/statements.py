@@ -1,0 +1,311 @@
+"""Pure builders of every statement the phases run, as psycopg.sql.Composed: the home of inline SQL."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from . import naming
+from .model import ACTION_SQL, DependentView, ForeignKeyConversion, IndexTwin, KeyConversion, Plan, TableRef
+from .naming import STATE_SCHEMA
+from .templates import render
+
+Side = str  # "shadow" (the uuid side before cutover) or "retired" (the integer side after it)
+
+
+def col_on(item: KeyConversion | ForeignKeyConversion, side: Side) -> str:
+    """The column name of `item` on `side` while the other side is live under the original name."""
+    return item.shadow if side == "shadow" else item.retired
+
+
+def _fn(name: str) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, naming.function_name(name))
+
+
+def generator(plan: Plan) -> sql.SQL:
+    return sql.SQL(plan.generator)  # produced by plan.generator_for, never user text
+
+
+# --- start ------------------------------------------------------------------------------------
+
+
+def build_add_column(table: TableRef, column: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} uuid").format(
+        table.ident, sql.Identifier(column)
+    )
+
+
+def build_set_default(table: TableRef, column: str, expr: sql.Composable) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(
+        table.ident, sql.Identifier(column), expr
+    )
+
+
+def build_uuid_v7_function() -> sql.Composed:
+    return render("uuid_v7_function.sql", function=sql.Identifier(STATE_SCHEMA, "uuid_v7"))
+
+
+def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
+    """The shadow key is filled on insert and never changes once set."""
+    trig = naming.key_trigger(k.table, k.column)
+    keep = trig + "_keep"
+    shadow = sql.Identifier(k.shadow)
+    return [
+        render("keep_key_function.sql", function=_fn(trig), shadow=shadow, generator=generator(plan)),
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW WHEN (NEW.{} IS NULL) EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(trig), k.table.ident, shadow, _fn(trig)),
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {} FOR EACH ROW "
+            "WHEN (OLD.{} IS NOT NULL AND NEW.{} IS DISTINCT FROM OLD.{}) EXECUTE FUNCTION {}()"
+        ).format(
+            sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(trig)
+        ),
+    ]
+
+
+def build_drop_key_triggers(k: KeyConversion) -> list[sql.Composed]:
+    trig = naming.key_trigger(k.table, k.column)
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), k.table.ident),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig + "_keep"), k.table.ident),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(trig)),
+    ]
+
+
+def needs_fixup(f: ForeignKeyConversion) -> bool:
+    """A parent can appear after its child in one transaction only if deferred or self-referencing."""
+    return f.deferrable or f.table == f.ref_table
+
+
+def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[sql.Composed]:
+    """Keep the FK's `side` column equal to the parent's `side` key, looked up by the live FK."""
+    parent = plan.key_for(f.ref_table)
+    assert parent is not None
+    trig = naming.fk_trigger(f.table, f.column)
+    column, shadow = sql.Identifier(f.column), sql.Identifier(col_on(f, side))
+    ref_shadow = sql.Identifier(col_on(parent, side))
+    self_ref: sql.Composable = sql.SQL("")
+    if f.table == f.ref_table:
+        self_ref = sql.SQL("ELSIF NEW.{} = NEW.{} AND NEW.{} IS NOT NULL THEN\n        NEW.{} := NEW.{};\n    ").format(
+            column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow
+        )
+    stmts = [
+        render(
+            "sync_fk_function.sql", function=_fn(trig), column=column, shadow=shadow,
+            ref_table=f.ref_table.ident, ref_column=sql.Identifier(parent.column), ref_shadow=ref_shadow,
+            self_ref=self_ref,
+        ),
+        sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(trig), column, f.table.ident, _fn(trig)
+        ),
+    ]
+    if needs_fixup(f):
+        fix = naming.fk_fixup_trigger(f.table, f.column)
+        stmts += [
+            render(
+                "fixup_fk_function.sql", function=_fn(fix), table=f.table.ident, column=column,
+                shadow=shadow, ref_table=f.ref_table.ident, ref_column=sql.Identifier(parent.column),
+                ref_shadow=ref_shadow,
+            ),
+            sql.SQL(
+                "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE OF {} ON {} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                "WHEN (NEW.{} IS NOT NULL AND NEW.{} IS NULL) EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(fix), column, f.table.ident, column, shadow, _fn(fix)),
+        ]
+    return stmts
+
+
+def build_drop_fk_triggers(f: ForeignKeyConversion) -> list[sql.Composed]:
+    trig = naming.fk_trigger(f.table, f.column)
+    fix = naming.fk_fixup_trigger(f.table, f.column)
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), f.table.ident),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(trig)),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(fix), f.table.ident),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(fix)),
+    ]
+
+
+def build_drop_column(table: TableRef, column: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(table.ident, sql.Identifier(column))
+
+
+# --- cutover preparation (online) -------------------------------------------------------------
+
+
+def build_unique_index(k: KeyConversion, side: Side) -> sql.Composed:
+    return sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(naming.unique_index(k.table, k.column)), k.table.ident, sql.Identifier(col_on(k, side))
+    )
+
+
+def build_drop_index_concurrently(table: TableRef, index: str) -> sql.Composed:
+    return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(table.schema, index))
+
+
+def build_not_null_check(table: TableRef, column: str, name: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+        table.ident, sql.Identifier(name), sql.Identifier(column)
+    )
+
+
+def build_validate(table: TableRef, constraint: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table.ident, sql.Identifier(constraint))
+
+
+def build_drop_constraint(table: TableRef, constraint: str, if_exists: bool = False) -> sql.Composed:
+    q = "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}" if if_exists else "ALTER TABLE {} DROP CONSTRAINT {}"
+    return sql.SQL(q).format(table.ident, sql.Identifier(constraint))
+
+
+def renamed(plan: Plan, table: TableRef, column: str, side: Side) -> str:
+    """A column of `table` as named on `side`: converted ones get their shadow/retired name."""
+    k = plan.key_for(table)
+    if k is not None and k.column == column:
+        return col_on(k, side)
+    for f in plan.foreign_keys:
+        if f.table == table and f.column == column:
+            return col_on(f, side)
+    return column
+
+
+def build_twin_index(plan: Plan, ix: IndexTwin, side: Side) -> sql.Composed:
+    """The same index on the `side` columns, built concurrently (unique ones stay unique)."""
+    parts: list[sql.Composable] = []
+    for i, c in enumerate(ix.columns):
+        piece: list[sql.Composable] = [sql.Identifier(renamed(plan, ix.table, c, side))]
+        if ix.collations and ix.collations[i]:
+            piece.append(sql.SQL("COLLATE {}").format(sql.SQL(ix.collations[i] or "")))
+        if ix.opclasses and ix.opclasses[i]:
+            piece.append(sql.SQL(ix.opclasses[i] or ""))
+        if ix.descending and ix.descending[i]:
+            piece.append(sql.SQL("DESC"))
+        if ix.nulls_first and ix.descending and ix.nulls_first[i] != ix.descending[i]:
+            piece.append(sql.SQL("NULLS FIRST" if ix.nulls_first[i] else "NULLS LAST"))
+        parts.append(sql.SQL(" ").join(piece))
+    q = sql.SQL("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
+        sql.SQL("UNIQUE " if ix.unique else ""), sql.Identifier(ix.twin), ix.table.ident,
+        sql.SQL(ix.method), sql.SQL(", ").join(parts),
+    )
+    if ix.include:
+        q = sql.SQL("{} INCLUDE ({})").format(
+            q, sql.SQL(", ").join(sql.Identifier(renamed(plan, ix.table, c, side)) for c in ix.include)
+        )
+    if ix.predicate:
+        q = sql.SQL("{} WHERE {}").format(q, sql.SQL(ix.predicate))  # server-deparsed, no converted column
+    return q
+
+
+def fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
+    """(on_delete, on_update) the FK on `side` gets: final ones on the uuid side, original otherwise."""
+    return (f.final_on_delete or f.on_delete, f.on_update) if side == "shadow" else (f.on_delete, f.on_update)
+
+
+def prepared_fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
+    """Actions of the FK built before the swap: the final ones only if they cannot change behaviour now."""
+    final = fk_actions(f, side)
+    return final if final == (f.on_delete, f.on_update) else ("a", "a")
+
+
+def build_foreign_key(
+    plan: Plan, f: ForeignKeyConversion, side: Side, name: str, actions: tuple[str, str], *,
+    live: bool = False,
+) -> sql.Composed:
+    """FK on the `side` columns NOT VALID (validated online afterwards); `live` uses the original names."""
+    parent = plan.key_for(f.ref_table)
+    assert parent is not None
+    child_col = f.column if live else col_on(f, side)
+    parent_col = parent.column if live else col_on(parent, side)
+    deferrable = sql.SQL("")
+    if f.deferrable:
+        deferrable = sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if f.initially_deferred else " DEFERRABLE")
+    return sql.SQL(
+        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
+        "ON DELETE {} ON UPDATE {}{} NOT VALID"
+    ).format(
+        f.table.ident, sql.Identifier(name), sql.Identifier(child_col), f.ref_table.ident,
+        sql.Identifier(parent_col), sql.SQL(ACTION_SQL[actions[0]]), sql.SQL(ACTION_SQL[actions[1]]),
+        deferrable,
+    )
+
+
+# --- the swap (inside one transaction) --------------------------------------------------------
+
+
+def build_lock(tables: list[TableRef]) -> sql.Composed:
+    return sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(t.ident for t in tables)
+    )
+
+
+def build_rename_column(table: TableRef, old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+        table.ident, sql.Identifier(old), sql.Identifier(new)
+    )
+
+
+def build_set_not_null(table: TableRef, column: str, on: bool = True) -> sql.Composed:
+    q = "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL" if on else "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL"
+    return sql.SQL(q).format(table.ident, sql.Identifier(column))
+
+
+def build_primary_key_using(table: TableRef, constraint: str, index: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+        table.ident, sql.Identifier(constraint), sql.Identifier(index)
+    )
+
+
+def build_constraint_using(ix: IndexTwin) -> sql.Composed:
+    kind = "PRIMARY KEY" if ix.constraint_type == "p" else "UNIQUE"
+    deferrable = ""
+    if ix.deferrable:
+        deferrable = " DEFERRABLE INITIALLY DEFERRED" if ix.initially_deferred else " DEFERRABLE"
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
+        ix.table.ident, sql.Identifier(ix.constraint or ix.name), sql.SQL(kind), sql.Identifier(ix.twin),
+        sql.SQL(deferrable),
+    )
+
+
+def build_drop_index(table: TableRef, index: str) -> sql.Composed:
+    return sql.SQL("DROP INDEX {}").format(sql.Identifier(table.schema, index))
+
+
+def build_rename_index(table: TableRef, old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(table.schema, old), sql.Identifier(new))
+
+
+def build_rename_constraint(table: TableRef, old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+        table.ident, sql.Identifier(old), sql.Identifier(new)
+    )
+
+
+def build_drop_view(view: TableRef) -> sql.Composed:
+    return sql.SQL("DROP VIEW {}").format(view.ident)
+
+
+def build_create_view(v: DependentView, definition: str) -> list[sql.Composed]:
+    """Recreate a view from its captured text, with its options, owner and grants."""
+    opts = sql.SQL("")
+    if v.options:
+        opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
+    stmts = [
+        sql.SQL("CREATE VIEW {}{} AS {}").format(v.view.ident, opts, sql.SQL(definition.rstrip().rstrip(";"))),
+        sql.SQL("ALTER VIEW {} OWNER TO {}").format(v.view.ident, sql.Identifier(v.owner)),
+    ]
+    stmts += [build_grant(v.view, item) for item in v.acl]
+    return stmts
+
+
+_PRIVS = {"a": "INSERT", "r": "SELECT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE", "x": "REFERENCES",
+          "t": "TRIGGER", "m": "MAINTAIN"}
+
+
+def build_grant(view: TableRef, aclitem: str) -> sql.Composed:
+    """GRANT from one aclitem text such as `app=arw/owner` (an empty grantee means PUBLIC)."""
+    grantee, _, rest = aclitem.partition("=")
+    privs = rest.split("/")[0]
+    names = [_PRIVS[c] for c in privs if c in _PRIVS]
+    who: sql.Composable = sql.SQL("PUBLIC") if not grantee else sql.Identifier(grantee.strip('"'))
+    return sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(sql.SQL(n) for n in names), view.ident, who)
