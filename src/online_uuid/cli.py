@@ -1,0 +1,371 @@
+"""The `online-uuid` command: thin typer commands that build settings, call the API and render.
+
+Exit codes: 0 ok, 1 failure, 2 bad input / refused (nothing changed), 3 gave up waiting for a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import typer
+from rich.console import Console
+
+from . import api
+from .errors import EXIT_FAILURE, EXIT_REFUSED, OnlineUuidError
+from .log import configure
+from .metrics import Metrics
+from .render import print_plan
+from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings, redact, resolve_dsn
+
+app = typer.Typer(
+    name="online-uuid",
+    help="Convert integer primary keys and the foreign keys that point at them to UUID, online.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    """One line on stderr, never wrapped, so scripts and humans read the same thing."""
+    sys.stderr.write(f"error: {message}\n")
+    return typer.Exit(code)
+T = TypeVar("T")
+
+Dsn = Annotated[str | None, typer.Option("--dsn", help="libpq DSN or URL; else ONLINE_UUID_DSN, DATABASE_URL, PG*.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+LogFormat = Annotated[str, typer.Option("--log-format", help="console or json.")]
+Migration = Annotated[str | None, typer.Option("--migration", help="Migration name (default: the unfinished one).")]
+LockTimeout = Annotated[int, typer.Option("--lock-timeout", help="Milliseconds to wait for a lock before retrying.")]
+MaxAttempts = Annotated[int, typer.Option("--max-attempts", help="Lock attempts before giving up (exit 3).")]
+RetryFor = Annotated[float, typer.Option("--retry-for", help="Seconds to keep retrying a lock.")]
+MetricsPort = Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")]
+
+
+def _run(fn: Callable[[], T], *, log_format: str = "console") -> T:
+    """Call the API; map every error to one line on stderr and its exit code."""
+    try:
+        configure("json" if log_format == "json" else "console")
+        return fn()
+    except OnlineUuidError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _fail(f"PostgreSQL said: {first}", EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; state is saved, rerun the same command to go on")
+        raise typer.Exit(130) from None
+
+
+def _emit(doc: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        out.print_json(json.dumps(doc, default=str))
+    else:
+        human()
+
+
+def _metrics(port: int | None, migration: str | None) -> Metrics | None:
+    if port is None:
+        return None
+    m = Metrics(migration or "")
+    m.serve(port)
+    err.print(f"metrics: http://127.0.0.1:{port}/metrics")
+    return m
+
+
+def _progress() -> Any:
+    from .progress import make_progress
+
+    return make_progress(None)
+
+
+@app.command()
+def plan(
+    table: Annotated[list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")],
+    dsn: Dsn = None,
+    as_json: Json = False,
+    as_sql: Annotated[bool, typer.Option("--sql", help="Print every statement; execute nothing.")] = False,
+    uuid: Annotated[str, typer.Option("--uuid", help="v4 or v7.")] = "v4",
+    cascade_deletes: Annotated[bool, typer.Option("--cascade-deletes")] = False,
+    log_format: LogFormat = "console",
+) -> None:
+    """Show what converting these tables touches, in dependency order. Reads only."""
+    from .render import plan_json
+
+    d = resolve_dsn(dsn)
+    p = _run(lambda: api.plan(d, table, uuid_version=uuid, cascade_deletes=cascade_deletes), log_format=log_format)
+    if as_sql:
+        out.print(_run(lambda: api.plan_sql(d, p)), markup=False, highlight=False)
+        return
+    _emit(plan_json(p), as_json, lambda: print_plan(p, out))
+
+
+def _backfill_settings(**kw: Any) -> BackfillSettings:
+    return _run(lambda: BackfillSettings(**{k: v for k, v in kw.items() if v is not None}))
+
+
+@app.command()
+def start(
+    table: Annotated[list[str], typer.Option("--table", "-t", help="Table to convert (repeatable).")],
+    dsn: Dsn = None,
+    migration: Migration = None,
+    uuid: Annotated[str, typer.Option("--uuid", help="v4 (gen_random_uuid) or v7 (time-ordered).")] = "v4",
+    cascade_deletes: Annotated[bool, typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover.")] = False,
+    no_backfill: Annotated[bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")] = False,
+    lock_timeout: LockTimeout = 500,
+    max_attempts: MaxAttempts = 20,
+    retry_for: RetryFor = 60.0,
+    metrics_port: MetricsPort = None,
+    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
+    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
+    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
+    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag", help="Seconds.")] = None,
+    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate", help="WAL bytes per second.")] = None,
+    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
+    throttle_query: Annotated[str | None, typer.Option("--throttle-query", help="Throttle while it returns > 0.")] = None,
+    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
+    replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")] = None,
+    vacuum_every: Annotated[float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    log_format: LogFormat = "console",
+) -> None:
+    """Add shadow UUID columns and dual-write triggers, then backfill (unless --no-backfill)."""
+    d = resolve_dsn(dsn)
+    settings = _run(lambda: StartSettings(uuid_version=uuid, cascade_deletes=cascade_deletes, backfill=not no_backfill))
+    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for))
+    bf = _backfill_settings(
+        target_batch_ms=target_batch_ms, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
+        max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
+        nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
+        vacuum_every_pct=vacuum_every, workers=workers,
+    )
+    metrics = _metrics(metrics_port, migration)
+    mid = _run(
+        lambda: api.start(d, table, migration=migration, settings=settings, lock=lock, backfill_settings=bf,
+                          metrics=metrics, progress=None if no_backfill else _progress()),
+        log_format=log_format,
+    )
+    nxt = "online-uuid backfill" if no_backfill else "online-uuid cutover"
+    out.print(f"migration {mid}: {'expanded' if no_backfill else 'backfilled'} on {redact(d) or 'PG* server'}; next: {nxt}")
+
+
+@app.command()
+def backfill(
+    dsn: Dsn = None,
+    migration: Migration = None,
+    metrics_port: MetricsPort = None,
+    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
+    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
+    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
+    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag")] = None,
+    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate")] = None,
+    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
+    throttle_query: Annotated[str | None, typer.Option("--throttle-query")] = None,
+    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
+    replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn")] = None,
+    vacuum_every: Annotated[float | None, typer.Option("--vacuum-every")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    log_format: LogFormat = "console",
+) -> None:
+    """Run or resume the backfill (after `start --no-backfill`, a crash, or Ctrl-C)."""
+    d = resolve_dsn(dsn)
+    bf = _backfill_settings(
+        target_batch_ms=target_batch_ms, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
+        max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
+        nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
+        vacuum_every_pct=vacuum_every, workers=workers,
+    )
+    metrics = _metrics(metrics_port, migration)
+    _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=_progress()), log_format=log_format)
+    out.print("backfill complete; next: online-uuid cutover")
+
+
+@app.command()
+def status(
+    dsn: Dsn = None, migration: Migration = None, as_json: Json = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
+) -> None:
+    """Phase, progress per column, rate, ETA, throttle state, dead tuples, last error."""
+    d = resolve_dsn(dsn)
+    while True:
+        doc = _run(lambda: api.status(d, migration))
+        _emit(doc, as_json, lambda doc=doc: _print_status(doc))  # type: ignore[misc]
+        if not watch:
+            return
+        time.sleep(2)
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out.print(f"migration {doc.get('migration')}: phase {doc.get('phase')}"
+              + (" (paused)" if doc.get("paused") else ""))
+    jobs = doc.get("jobs") or []
+    if jobs:
+        t = Table()
+        for c in ("column", "progress", "rows done", "remaining", "rate", "eta"):
+            t.add_column(c)
+        for j in jobs:
+            t.add_row(str(j.get("label") or j.get("job_id")), f"{100 * float(j.get('fraction') or 0):.1f}%",
+                      f"{j.get('rows_done', 0):,}", f"{j.get('rows_remaining', 0):,}",
+                      f"{j.get('rate') or 0:.0f}/s", str(j.get("eta_s") or "-"))
+        out.print(t)
+    th = doc.get("throttle") or {}
+    if th:
+        out.print(f"throttle: {th}")
+    if doc.get("last_error"):
+        out.print(f"last error: {doc['last_error']}")
+
+
+@app.command()
+def pause(dsn: Dsn = None, migration: Migration = None) -> None:
+    """Pause the running backfill within one batch (state is kept)."""
+    d = resolve_dsn(dsn)
+    _run(lambda: api.pause(d, migration))
+    out.print("paused")
+
+
+@app.command()
+def resume(dsn: Dsn = None, migration: Migration = None) -> None:
+    """Resume a paused backfill."""
+    d = resolve_dsn(dsn)
+    _run(lambda: api.resume(d, migration))
+    out.print("resumed")
+
+
+@app.command()
+def throttle(
+    dsn: Dsn = None,
+    migration: Migration = None,
+    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
+    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag")] = None,
+    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate")] = None,
+    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
+    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
+    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every runtime override.")] = False,
+) -> None:
+    """Change the running backfill's limits without restarting it (applied within one batch)."""
+    d = resolve_dsn(dsn)
+    limits: dict[str, Any] = {
+        "max_rows_per_second": max_rows_per_second, "max_replication_lag_s": max_replication_lag,
+        "max_wal_rate_bytes": max_wal_rate, "max_active_sessions": max_active_sessions,
+        "nice_ratio": nice_ratio, "target_batch_ms": target_batch_ms,
+    }
+    if clear:
+        _run(lambda: api.throttle(d, migration, **dict.fromkeys(limits)))
+    else:
+        given = {k: v for k, v in limits.items() if v is not None}
+        if not given:
+            raise _fail("give at least one limit (e.g. --max-rows-per-second 500) or --clear", EXIT_REFUSED)
+        _run(lambda: api.throttle(d, migration, **given))
+    out.print("throttle updated")
+
+
+@app.command()
+def verify(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) -> None:
+    """Check every shadow key filled and unique and every shadow FK equal to its parent's. Online."""
+    d = resolve_dsn(dsn)
+    report = _run(lambda: api.verify(d, migration))
+    _emit(report.to_json(), as_json, lambda: _print_verify(report))
+    if not report.ok:
+        if not as_json:
+            raise _fail(f"verify failed: {report.first_problem()}", EXIT_FAILURE)
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_verify(report: Any) -> None:
+    for c in report.checks:
+        mark = "ok" if c.ok else "FAIL"
+        out.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)
+
+
+@app.command()
+def cutover(
+    dsn: Dsn = None,
+    migration: Migration = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would block; lock nothing.")] = False,
+    lock_timeout: LockTimeout = 500,
+    max_attempts: MaxAttempts = 30,
+    retry_for: RetryFor = 120.0,
+    statement_timeout: Annotated[int, typer.Option("--statement-timeout", help="Milliseconds, inside the swap.")] = 5000,
+    terminate_blockers: Annotated[bool, typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock.")] = False,
+    reset_idle_sessions: Annotated[list[str] | None, typer.Option("--reset-idle-sessions", help="application_name whose idle sessions to end after the swap (repeatable).")] = None,
+    metrics_port: MetricsPort = None,
+    as_json: Json = False,
+    log_format: LogFormat = "console",
+) -> None:
+    """Verify, build indexes and constraints online, then swap keys under a lock held for milliseconds."""
+    d = resolve_dsn(dsn)
+    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts,
+                                     retry_for_s=retry_for, statement_timeout_ms=statement_timeout))
+    settings = CutoverSettings(lock=lock, terminate_blockers=terminate_blockers,
+                               reset_idle_sessions=tuple(reset_idle_sessions or ()))
+    if check:
+        problems = _run(lambda: api.cutover_check(d, migration, settings))
+        _emit({"ok": not problems, "problems": problems}, as_json,
+              lambda: out.print("\n".join(problems) or "nothing blocks a cutover now"))
+        if problems:
+            raise typer.Exit(EXIT_FAILURE)
+        return
+    metrics = _metrics(metrics_port, migration)
+    result = _run(lambda: api.cutover(d, migration, settings=settings, metrics=metrics), log_format=log_format)
+    doc = {"lock_held_ms": round(result.lock_held_s * 1000, 1), "attempts": result.attempts,
+           "terminated": result.blockers_terminated}
+    _emit(doc, as_json, lambda: out.print(
+        f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s). "
+        "Sessions holding prepared `SELECT *` / `RETURNING id` plans may see 'cached plan must not change "
+        "result type' until they reconnect (see --reset-idle-sessions). Next: online-uuid finalize, or "
+        "online-uuid rollback to go back."))
+
+
+@app.command()
+def rollback(
+    dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500,
+    max_attempts: MaxAttempts = 30, retry_for: RetryFor = 120.0,
+) -> None:
+    """Before cutover: remove everything start made. After cutover: back to integer keys, losslessly."""
+    d = resolve_dsn(dsn)
+    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for))
+    phase = _run(lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)))
+    out.print(f"rolled back: phase {phase}")
+
+
+@app.command()
+def finalize(dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500) -> None:
+    """Drop the retired integer columns and every helper object. After this there is no way back."""
+    d = resolve_dsn(dsn)
+    _run(lambda: api.finalize(d, migration, lock=LockSettings(lock_timeout_ms=lock_timeout)))
+    out.print("finalized: integer columns, sequences and triggers dropped; history kept in schema online_uuid")
+
+
+@app.command()
+def demo(
+    dsn: Annotated[str | None, typer.Option("--dsn", help="Run in a scratch schema of this database instead.")] = None,
+    rows: Annotated[int, typer.Option("--rows", help="Rows in all five tables.")] = 1_000_000,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the server (prints its DSN).")] = False,
+) -> None:
+    """The guide's five MCP tables migrated end to end on a throwaway PostgreSQL, under live load."""
+    from .demo.run import run_demo
+
+    code = _run(lambda: run_demo(dsn=dsn, rows=rows, keep=keep, console=out))
+    raise typer.Exit(code or 0)
+
+
+def main() -> None:
+    app(prog_name="online-uuid")
+
+
+if __name__ == "__main__":
+    sys.exit(main())  # type: ignore[func-returns-value]
