@@ -263,7 +263,8 @@ class _Builder:
         if con["contype"] == "f":
             return  # foreign keys are converted themselves
         if con["contype"] in ("p", "u", "x"):
-            return  # found through their index
+            self._dependent_index(info, int(con["index_oid"]))  # their index depends on them, not the column
+            return
         raise PlanError(
             f"{what} uses a converted column of {info.ref}; online-uuid cannot rewrite it for uuid: "
             "drop it before the migration and recreate it after cutover"
