@@ -118,7 +118,7 @@ def with_lock_retries(
     """Call `attempt()` until it gets its locks; give up with LockTimeoutError naming the blockers."""
     assert callable(attempt)
     retrying = Retrying(
-        retry=retry_if_exception_type(pgerrors.LockNotAvailable),
+        retry=retry_if_exception_type((pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)),
         stop=stop_after_attempt(lock.max_attempts) | stop_after_delay(lock.retry_for_s),
         wait=wait_random_exponential(multiplier=0.05, max=5),
         before_sleep=lambda rs: log.info(

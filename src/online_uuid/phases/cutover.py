@@ -163,9 +163,10 @@ def run_swap(
     for attempt in range(1, lock.max_attempts + 1):
         try:
             held = _swap_once(conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst)
-        except pgerrors.LockNotAvailable:
+        except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
+            outcome = "deadlock" if isinstance(exc, pgerrors.DeadlockDetected) else "lock_timeout"
             if metrics:
-                metrics.cutover_attempts.labels(outcome="lock_timeout").inc()
+                metrics.cutover_attempts.labels(outcome=outcome).inc()
             blockers = blockers_of(conn, tables)
             log.info("cutover lock busy", attempt=attempt, blockers=describe_blockers(blockers))
             if settings.terminate_blockers and blockers:

@@ -1,0 +1,69 @@
+"""The phase machine and the plan document."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from online_uuid.model import (
+    ACTIVE_PHASES,
+    ALLOWED,
+    ForeignKeyConversion,
+    KeyConversion,
+    Phase,
+    Plan,
+    TableRef,
+    backfill_jobs,
+    can_move,
+)
+
+
+def sample_plan() -> Plan:
+    parent = TableRef("public", "parent")
+    child = TableRef("App Data", "Child")
+    keys = (KeyConversion(parent, "id", "integer", "id_uuid", "id_int", "parent_pkey", rows=10),)
+    fks = (
+        ForeignKeyConversion("child_fk", child, "parent_id", "parent_id_uuid", "parent_id_int", parent, "id", "c", "a",
+                             batch_column="id"),
+    )
+    return Plan(keys=keys, foreign_keys=fks)
+
+
+def test_plan_round_trips_through_json() -> None:
+    plan = sample_plan()
+    doc = json.loads(json.dumps(plan.to_json()))
+    assert Plan.from_json(doc) == plan
+
+
+def test_tables_are_locked_in_one_sorted_order() -> None:
+    assert sample_plan().tables() == [TableRef("App Data", "Child"), TableRef("public", "parent")]
+
+
+def test_backfill_jobs_put_keys_before_foreign_keys() -> None:
+    jobs = backfill_jobs(sample_plan())
+    assert [j.kind for j in jobs] == ["key", "fk"]
+    assert jobs[1].ref_shadow == "id_uuid" and jobs[1].batch_column == "id"
+
+
+@pytest.mark.parametrize(("src", "dst", "ok"), [
+    (Phase.EXPANDING, Phase.EXPANDED, True),
+    (Phase.BACKFILLED, Phase.PREPARING, True),
+    (Phase.CUT_OVER, Phase.REVERTING, True),
+    (Phase.CUT_OVER, Phase.ROLLING_BACK, False),  # after cutover, rollback swaps back instead
+    (Phase.EXPANDED, Phase.CUT_OVER, False),
+    (Phase.FINALIZED, Phase.ROLLING_BACK, False),
+])
+def test_phase_transitions(src: Phase, dst: Phase, ok: bool) -> None:
+    assert can_move(src, dst) is ok
+
+
+def test_finished_phases_are_terminal() -> None:
+    assert not ALLOWED[Phase.FINALIZED] and not ALLOWED[Phase.ROLLED_BACK]
+    assert Phase.FINALIZED not in ACTIVE_PHASES and Phase.CUT_OVER in ACTIVE_PHASES
+
+
+def test_display_quotes_only_when_needed() -> None:
+    assert str(TableRef("public", "mcp_servers")) == "public.mcp_servers"
+    assert str(TableRef("App Data", "Order")) == '"App Data"."Order"'
+    assert str(TableRef("public", "user")) == 'public."user"'
