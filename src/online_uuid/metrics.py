@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # name -> (type, labels). The README, the dashboard and the alert rules are checked against this.
@@ -81,5 +83,7 @@ class Metrics:
         for p in Phase:
             self.phase.labels(phase=p.value).set(1 if p.value == phase else 0)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics endpoint
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        """Serve /metrics; returns the server so embedded callers and tests can shut it down."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server
