@@ -34,11 +34,13 @@ __all__ = [
 
 
 @contextmanager
-def _session(dsn: str, migration: str | None, role: str, lock: bool = True) -> Iterator[tuple[psycopg.Connection, str]]:
+def _session(
+    dsn: str, migration: str | None, role: str, lock: bool = True, latest_ok: bool = False
+) -> Iterator[tuple[psycopg.Connection, str]]:
     """A control connection with the migration resolved and (optionally) its advisory lock held."""
     conn = connect(dsn, application_name(migration or "-", role))
     try:
-        mid = state.resolve(conn, migration)
+        mid = state.resolve(conn, migration, latest_ok=latest_ok)
         if not lock:
             yield conn, mid
             return
@@ -173,7 +175,7 @@ def finalize(dsn: str, migration: str | None = None, *, lock: LockSettings | Non
 
 
 def status(dsn: str, migration: str | None = None) -> dict[str, Any]:
-    with _session(dsn, migration, "status", lock=False) as (conn, mid):
+    with _session(dsn, migration, "status", lock=False, latest_ok=True) as (conn, mid):
         from . import control
 
         return control.status(conn, mid)

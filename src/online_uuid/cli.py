@@ -209,23 +209,34 @@ def status(
 def _print_status(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
-    out.print(f"migration {doc.get('migration')}: phase {doc.get('phase')}"
-              + (" (paused)" if doc.get("paused") else ""))
-    jobs = doc.get("jobs") or []
+    from .render import human_seconds
+
+    prog = doc.get("progress") or {}
+    paused = " (paused)" if doc.get("paused") else ""
+    out.print(f"migration {doc.get('migration')}: phase {doc.get('phase')}{paused}, "
+              f"{prog.get('percent', 0):.1f}% backfilled", markup=False)
+    jobs = sorted(doc.get("jobs") or [], key=lambda j: (j.get("kind") != "key", str(j.get("label"))))
     if jobs:
         t = Table()
-        for c in ("column", "progress", "rows done", "remaining", "rate", "eta"):
+        for c in ("column", "state", "progress", "rows done", "remaining", "rate", "eta"):
             t.add_column(c)
         for j in jobs:
-            t.add_row(str(j.get("label") or j.get("job_id")), f"{100 * float(j.get('fraction') or 0):.1f}%",
+            eta = j.get("eta_s")
+            t.add_row(str(j.get("label")), str(j.get("state")), f"{j.get('percent', 0):.1f}%",
                       f"{j.get('rows_done', 0):,}", f"{j.get('rows_remaining', 0):,}",
-                      f"{j.get('rate') or 0:.0f}/s", str(j.get("eta_s") or "-"))
+                      f"{j['rate']:,.0f}/s" if j.get("rate") else "-", human_seconds(eta) if eta else "-")
         out.print(t)
     th = doc.get("throttle") or {}
-    if th:
-        out.print(f"throttle: {th}")
+    reasons = ", ".join(th.get("reasons") or []) or "none"
+    out.print(f"throttled: {'yes' if th.get('throttled') else 'no'} (reasons: {reasons}); "
+              f"runtime overrides: {th.get('overrides') or 'none'}", markup=False)
+    dead = doc.get("dead_tuples") or {}
+    if dead:
+        out.print("dead tuples: " + ", ".join(f"{k} {v:,}" for k, v in dead.items()), markup=False)
+    for tx in th.get("long_transactions") or []:
+        out.print(f"long transaction holding back vacuum: {tx}", markup=False)
     if doc.get("last_error"):
-        out.print(f"last error: {doc['last_error']}")
+        out.print(f"last error: {doc['last_error']}", markup=False)
 
 
 @app.command()
@@ -355,11 +366,12 @@ def demo(
     dsn: Annotated[str | None, typer.Option("--dsn", help="Run in a scratch schema of this database instead.")] = None,
     rows: Annotated[int, typer.Option("--rows", help="Rows in all five tables.")] = 1_000_000,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the server (prints its DSN).")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """The guide's five MCP tables migrated end to end on a throwaway PostgreSQL, under live load."""
     from .demo.run import run_demo
 
-    code = _run(lambda: run_demo(dsn=dsn, rows=rows, keep=keep, console=out))
+    code = _run(lambda: run_demo(dsn=dsn, rows=rows, keep=keep, console=out, metrics_port=metrics_port))
     raise typer.Exit(code or 0)
 
 

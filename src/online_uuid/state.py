@@ -104,8 +104,11 @@ def list_migrations(conn: psycopg.Connection) -> list[Migration]:
         return [_row_to_migration(r) for r in cur.fetchall()]
 
 
-def resolve(conn: psycopg.Connection, migration_id: str | None) -> str:
-    """The migration a command acts on: the one named, else the only unfinished one."""
+def resolve(conn: psycopg.Connection, migration_id: str | None, *, latest_ok: bool = False) -> str:
+    """The migration a command acts on: the one named, else the only unfinished one.
+
+    `latest_ok` (status): with none unfinished, the most recent finished one is reported.
+    """
     if not schema_exists(conn):
         raise StateError("no online-uuid migration in this database; run `online-uuid start` first")
     if migration_id:
@@ -115,6 +118,9 @@ def resolve(conn: psycopg.Connection, migration_id: str | None) -> str:
     if len(active) == 1:
         return active[0]
     if not active:
+        finished = list_migrations(conn)
+        if latest_ok and finished:
+            return finished[-1].id
         raise StateError("no unfinished migration in this database; run `online-uuid start` first")
     raise StateError(f"several migrations are unfinished ({', '.join(active)}); pass --migration NAME")
 
