@@ -66,6 +66,11 @@ def not_null_check(table: TableRef, column: str) -> str:
     return _object(table, column, "nn")
 
 
+def not_null_name(table: TableRef, column: str) -> str:
+    """The name PostgreSQL 18 gives a column's NOT NULL constraint."""
+    return fit(f"{table.name}_{column}_not_null")
+
+
 def twin_index(index: str) -> str:
     return fit(f"{index}_ou", salt=index)
 

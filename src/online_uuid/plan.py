@@ -260,8 +260,8 @@ class _Builder:
 
     def _dependent_constraint(self, info: catalog.TableInfo, con_oid: int, what: str) -> None:
         con = catalog.read_constraint(self.conn, con_oid)
-        if con["contype"] == "f":
-            return  # foreign keys are converted themselves
+        if con["contype"] in ("f", "n"):
+            return  # foreign keys are converted themselves; NOT NULL (PG 18) is carried by the swap
         if con["contype"] in ("p", "u", "x"):
             self._dependent_index(info, int(con["index_oid"]))  # their index depends on them, not the column
             return

@@ -69,7 +69,9 @@ def _not_null_steps(prefix: str, table: TableRef, column: str, check: str, key: 
     ]
 
 
-def swap_statements(plan: Plan, side: str, view_defs: dict[TableRef, str]) -> list[sql.Composable]:
+def swap_statements(
+    plan: Plan, side: str, view_defs: dict[TableRef, str], not_null_renames: list[sql.Composable] | None = None
+) -> list[sql.Composable]:
     """The body of the swap transaction, after LOCK: catalog changes only, never a table scan."""
     out = other(side)
     st: list[sql.Composable] = []
@@ -89,6 +91,7 @@ def swap_statements(plan: Plan, side: str, view_defs: dict[TableRef, str]) -> li
     for item in (*plan.keys, *plan.foreign_keys):
         st.append(s.build_rename_column(item.table, item.column, s.col_on(item, out)))
         st.append(s.build_rename_column(item.table, s.col_on(item, side), item.column))
+    st += not_null_renames or []
     for k in plan.keys:
         st.append(s.build_set_not_null(k.table, k.column))
         if side == FORWARD:
@@ -139,6 +142,34 @@ class SwapResult:
     lock_held_s: float
     attempts: int
     blockers_terminated: list[int] = field(default_factory=list)
+
+
+def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[sql.Composable]:
+    """PostgreSQL 18 names NOT NULL constraints after their column: carry the names through the renames.
+
+    Without this the new key's constraint would be `<table>_<col>_not_null1` and the retired column
+    would keep the original name; a temporary name frees the original first.
+    """
+    if conn.info.server_version < 180000:
+        return []
+    out_side = other(side)
+    first: list[sql.Composable] = []
+    then: list[sql.Composable] = []
+    for i, item in enumerate((*plan.keys, *plan.foreign_keys)):
+        names = dict(conn.execute(
+            "SELECT a.attname, c.conname FROM pg_constraint c JOIN pg_attribute a "
+            "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+            "WHERE c.contype = 'n' AND c.conrelid = to_regclass(%s) AND a.attname = ANY(%s)",
+            (item.table.ident.as_string(conn), [item.column, s.col_on(item, side)]),
+        ).fetchall())
+        live, incoming = names.get(item.column), names.get(s.col_on(item, side))
+        tmp = naming.fit(f"ou_nn_{i}")
+        if live:  # now on the outgoing column
+            first.append(s.build_rename_constraint(item.table, live, tmp))
+            then.append(s.build_rename_constraint(item.table, tmp, naming.not_null_name(item.table, s.col_on(item, out_side))))
+        if incoming:  # now on the live column
+            first.append(s.build_rename_constraint(item.table, incoming, naming.not_null_name(item.table, item.column)))
+    return first + then
 
 
 def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
@@ -196,7 +227,7 @@ def _swap_once(
         conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{stmt_ms}ms")))
         conn.execute(s.build_lock(plan.tables()))
         locked_at = time.monotonic()
-        for stmt in swap_statements(plan, side, _capture_views(conn, plan)):
+        for stmt in swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side)):
             conn.execute(stmt)
         state.move(conn, mid, src, dst)
         state.forget_steps(conn, mid, f"prepare:{side}:")
