@@ -135,6 +135,7 @@ def start(
     replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")] = None,
     vacuum_every: Annotated[float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Add shadow UUID columns and dual-write triggers, then backfill (unless --no-backfill)."""
@@ -155,7 +156,9 @@ def start(
         log_format=log_format,
     )
     nxt = "online-uuid backfill" if no_backfill else "online-uuid cutover"
-    out.print(f"migration {mid}: {'expanded' if no_backfill else 'backfilled'} on {redact(d) or 'PG* server'}; next: {nxt}")
+    phase = "expanded" if no_backfill else "backfilled"
+    _emit({"migration": mid, "phase": phase, "next": nxt}, as_json, lambda: out.print(
+        f"migration {mid}: {phase} on {redact(d) or 'PG* server'}; next: {nxt}", markup=False))
 
 
 @app.command()
@@ -175,6 +178,7 @@ def backfill(
     replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn")] = None,
     vacuum_every: Annotated[float | None, typer.Option("--vacuum-every")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Run or resume the backfill (after `start --no-backfill`, a crash, or Ctrl-C)."""
@@ -187,8 +191,12 @@ def backfill(
         vacuum_every_pct=vacuum_every, workers=workers,
     )
     metrics = _metrics(metrics_port, migration)
-    _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=_progress()), log_format=log_format)
-    out.print("backfill complete; next: online-uuid cutover")
+    result = _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=_progress()),
+                  log_format=log_format)
+    doc = {"phase": getattr(result, "phase", "backfilled"), "rows": getattr(result, "total_rows", None),
+           "seconds": round(getattr(result, "seconds", 0.0), 1)}
+    _emit(doc, as_json, lambda: out.print(f"backfill {doc['phase']}: {doc['rows']} rows in {doc['seconds']} s; "
+                                          "next: online-uuid cutover", markup=False))
 
 
 @app.command()
@@ -240,19 +248,19 @@ def _print_status(doc: dict[str, Any]) -> None:
 
 
 @app.command()
-def pause(dsn: Dsn = None, migration: Migration = None) -> None:
+def pause(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) -> None:
     """Pause the running backfill within one batch (state is kept)."""
     d = resolve_dsn(dsn)
     _run(lambda: api.pause(d, migration))
-    out.print("paused")
+    _emit({"paused": True}, as_json, lambda: out.print("paused; the backfill stops within one batch"))
 
 
 @app.command()
-def resume(dsn: Dsn = None, migration: Migration = None) -> None:
+def resume(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) -> None:
     """Resume a paused backfill."""
     d = resolve_dsn(dsn)
     _run(lambda: api.resume(d, migration))
-    out.print("resumed")
+    _emit({"paused": False}, as_json, lambda: out.print("resumed"))
 
 
 @app.command()
@@ -344,21 +352,27 @@ def cutover(
 @app.command()
 def rollback(
     dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500,
-    max_attempts: MaxAttempts = 30, retry_for: RetryFor = 120.0,
+    max_attempts: MaxAttempts = 30, retry_for: RetryFor = 120.0, as_json: Json = False,
+    log_format: LogFormat = "console",
 ) -> None:
     """Before cutover: remove everything start made. After cutover: back to integer keys, losslessly."""
     d = resolve_dsn(dsn)
     lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for))
-    phase = _run(lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)))
-    out.print(f"rolled back: phase {phase}")
+    phase = _run(lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)),
+                 log_format=log_format)
+    _emit({"phase": str(phase)}, as_json, lambda: out.print(f"rolled back: phase {phase}"))
 
 
 @app.command()
-def finalize(dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500) -> None:
+def finalize(
+    dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500, as_json: Json = False,
+    log_format: LogFormat = "console",
+) -> None:
     """Drop the retired integer columns and every helper object. After this there is no way back."""
     d = resolve_dsn(dsn)
-    _run(lambda: api.finalize(d, migration, lock=LockSettings(lock_timeout_ms=lock_timeout)))
-    out.print("finalized: integer columns, sequences and triggers dropped; history kept in schema online_uuid")
+    _run(lambda: api.finalize(d, migration, lock=LockSettings(lock_timeout_ms=lock_timeout)), log_format=log_format)
+    _emit({"phase": "finalized"}, as_json, lambda: out.print(
+        "finalized: integer columns, sequences and triggers dropped; history kept in schema online_uuid"))
 
 
 @app.command()
