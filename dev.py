@@ -66,7 +66,32 @@ def exec_in_venv(args: list[str]) -> None:
     os.execv(args[0], args)
 
 
+# Exit 0: a server can be started; 3: neither binaries nor pgserver (other codes: let the demo say why).
+_HAS_SERVER = (
+    "import sys; from online_uuid.embedded import find_pg_bin, pgserver_available as p;"
+    "sys.exit(0 if find_pg_bin() is not None or p() else 3)"
+)
+
+
+def ensure_demo_server(args: list[str]) -> None:
+    """No PostgreSQL binaries here (and no --dsn): install the `embedded` extra, i.e. pgserver."""
+    if any(a == "--dsn" or a.startswith("--dsn=") for a in args):
+        return
+    probe = subprocess.run([str(PYTHON), "-c", _HAS_SERVER], cwd=ROOT, capture_output=True, check=False)
+    if probe.returncode != 3:
+        return
+    say("no PostgreSQL server binaries found: installing pgserver (pip install -e '.[embedded]')")
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    done = subprocess.run([*pip, "-e", ".[embedded]"], cwd=ROOT, check=False)
+    if done.returncode != 0:
+        sys.exit(
+            f"dev.py: pip install failed (exit {done.returncode}); install PostgreSQL server binaries "
+            "instead (apt install postgresql) or run the demo on your own server with --dsn"
+        )
+
+
 def cmd_demo(args: list[str]) -> int:
+    ensure_demo_server(args)
     exec_in_venv([str(VENV_BIN / "online-uuid"), "demo", *args])
     return 0  # not reached
 

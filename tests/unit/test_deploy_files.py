@@ -215,9 +215,6 @@ def deployed_commands() -> list[tuple[str, list[str]]]:
     return [("compose", compose), ("kubernetes", job)]
 
 
-PENDING = {("demo", "--metrics-port")}  # asked for; the compose stack needs it to be scraped
-
-
 @pytest.mark.parametrize(("where", "argv"), deployed_commands(), ids=["compose", "kubernetes"])
 def test_deployed_commands_exist(where: str, argv: list[str]) -> None:
     group = typer.main.get_command(app)
@@ -226,6 +223,4 @@ def test_deployed_commands_exist(where: str, argv: list[str]) -> None:
     assert command is not None, f"{where}: online-uuid has no command {argv[0]!r}"
     options = {o for p in command.params for o in p.opts}
     missing = {a for a in argv[1:] if a.startswith("--") and a not in options}
-    if missing and {(argv[0], m) for m in missing} <= PENDING:
-        pytest.xfail(f"{where}: `online-uuid {argv[0]}` has no {sorted(missing)} yet")
     assert not missing, f"{where}: `online-uuid {argv[0]}` has no {sorted(missing)}"
