@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import psycopg
@@ -80,10 +81,17 @@ def _metrics(port: int | None, migration: str | None) -> Metrics | None:
     return m
 
 
-def _progress() -> Any:
+@contextmanager
+def _progress(enabled: bool = True) -> Iterator[Any]:
+    """Bars on a terminal, log lines elsewhere; always closed, so the terminal is left clean."""
     from .progress import make_progress
 
-    return make_progress(None)
+    progress = make_progress(None) if enabled else None
+    try:
+        yield progress
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 @app.command()
@@ -150,11 +158,12 @@ def start(
         vacuum_every_pct=vacuum_every, workers=workers,
     )
     metrics = _metrics(metrics_port, migration)
-    mid = _run(
-        lambda: api.start(d, table, migration=migration, settings=settings, lock=lock, backfill_settings=bf,
-                          metrics=metrics, progress=None if no_backfill else _progress()),
-        log_format=log_format,
-    )
+    with _progress(not no_backfill) as progress:
+        mid = _run(
+            lambda: api.start(d, table, migration=migration, settings=settings, lock=lock, backfill_settings=bf,
+                              metrics=metrics, progress=progress),
+            log_format=log_format,
+        )
     nxt = "online-uuid backfill" if no_backfill else "online-uuid cutover"
     phase = "expanded" if no_backfill else "backfilled"
     _emit({"migration": mid, "phase": phase, "next": nxt}, as_json, lambda: out.print(
@@ -191,8 +200,9 @@ def backfill(
         vacuum_every_pct=vacuum_every, workers=workers,
     )
     metrics = _metrics(metrics_port, migration)
-    result = _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=_progress()),
-                  log_format=log_format)
+    with _progress() as progress:
+        result = _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=progress),
+                      log_format=log_format)
     doc = {"phase": getattr(result, "phase", "backfilled"), "rows": getattr(result, "total_rows", None),
            "seconds": round(getattr(result, "seconds", 0.0), 1)}
     _emit(doc, as_json, lambda: out.print(f"backfill {doc['phase']}: {doc['rows']} rows in {doc['seconds']} s; "

@@ -222,13 +222,16 @@ def run_swap(
 def _swap_once(
     conn: psycopg.Connection, mid: str, plan: Plan, side: str, lock_ms: int, stmt_ms: int, src: Phase, dst: Phase
 ) -> float:
+    """Lock, then send the whole swap in one round trip: the lock is held for catalog work only."""
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
-        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{stmt_ms}ms")))
-        conn.execute(s.build_lock(plan.tables()))
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; {}").format(
+                sql.Literal(f"{lock_ms}ms"), sql.Literal(f"{stmt_ms}ms"), s.build_lock(plan.tables())
+            )
+        )
         locked_at = time.monotonic()
-        for stmt in swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side)):
-            conn.execute(stmt)
+        body = swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side))
+        conn.execute(sql.SQL(";\n").join(body))
         state.move(conn, mid, src, dst)
         state.forget_steps(conn, mid, f"prepare:{side}:")
     return time.monotonic() - locked_at
