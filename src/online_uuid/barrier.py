@@ -1,0 +1,94 @@
+"""The consistency barrier: FK backfill starts only once no transaction predates the key UUIDs.
+
+A child row written by a transaction that read its parent before the parent's UUID was committed
+holds a NULL (stale) shadow FK; such a transaction may commit after the FK pass went by. So after
+the last key batch we note `barrier_at` and wait for every transaction begun before it to end.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import structlog
+
+from . import batch, control, state
+from .errors import BackfillError
+from .runctx import RunContext, Session
+from .signals import read_barrier_waiters
+from .throttle import apply_overrides
+
+log = structlog.get_logger("online_uuid.backfill")
+
+REPORT_EVERY_S = 5.0
+POLL_S = 0.5
+
+
+def _set_barrier(conn: psycopg.Connection, mid: str) -> datetime:
+    with conn.transaction():
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        state.update(conn, mid, barrier_at=row[0])
+        state.event(conn, mid, "barrier", {"at": row[0].isoformat()})
+    return row[0]  # type: ignore[no-any-return]
+
+
+def _barrier_time(session: Session, mid: str) -> tuple[datetime, bool]:
+    """The barrier to wait for, and whether an earlier run already passed it."""
+    rows = session.call(lambda c: batch.load_all(c, mid))
+    latest = max((r["finished_at"] for r in rows if r["kind"] == "key"), default=None)
+    fk_started = any(r["kind"] == "fk" and r["started_at"] for r in rows)
+    at = session.call(lambda c: state.load(c, mid)).barrier_at
+    if at is None or (latest is not None and latest > at):
+        return session.call(lambda c: _set_barrier(c, mid)), False
+    return at, fk_started
+
+
+def _timeout_s(ctx: RunContext, session: Session) -> float:
+    rt = session.call(lambda c: control.read_runtime(c, ctx.mid))
+    try:
+        return apply_overrides(ctx.settings, rt.throttle).barrier_timeout_s
+    except Exception:
+        return ctx.settings.barrier_timeout_s
+
+
+def _describe(waiters: list[dict[str, Any]]) -> str:
+    shown = ", ".join(
+        f"pid {w['pid']} ({w['application_name'] or 'no application_name'}, {w['state']}, "
+        f"{w['age_s']:.0f}s)" for w in waiters[:5]
+    )
+    more = f" and {len(waiters) - 5} more" if len(waiters) > 5 else ""
+    return shown + more
+
+
+def wait(ctx: RunContext, session: Session) -> bool:
+    """Block until the barrier is passed: True; False if the run was stopped meanwhile."""
+    at, passed = _barrier_time(session, ctx.mid)
+    if passed:
+        return True
+    timeout = _timeout_s(ctx, session)
+    deadline = time.monotonic() + timeout
+    reported = float("-inf")
+    while True:
+        waiters = session.call(lambda c: read_barrier_waiters(c, at))
+        if not waiters:
+            session.call(lambda c: ctx.board.note(c, barrier_waiting_on=[]))
+            session.call(lambda c: state.event(c, ctx.mid, "barrier_passed", {}))
+            log.info("consistency barrier passed; filling foreign keys")
+            return True
+        now = time.monotonic()
+        if now >= deadline:
+            raise BackfillError(
+                f"gave up after {timeout:.0f}s waiting for transactions "
+                f"begun before the key backfill ended: {_describe(waiters)}; end them (or raise "
+                "barrier_timeout_s) and run `online-uuid backfill` again to resume"
+            )
+        if now - reported >= REPORT_EVERY_S:
+            reported = now
+            session.call(lambda c: ctx.board.note(c, barrier_waiting_on=waiters))  # noqa: B023
+            log.info("consistency barrier: waiting for older transactions", waiting_on=waiters)
+            ctx.progress.note("waiting for older transactions to end", on=_describe(waiters))
+        if ctx.sleep(POLL_S):
+            return False

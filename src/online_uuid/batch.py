@@ -1,0 +1,206 @@
+"""One backfill batch as one short transaction, and the job cursors it moves in the same commit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .model import BackfillJob
+from .naming import STATE_SCHEMA
+from .signals import read_blocked_by_me
+
+LOCK_TIMEOUT = "2s"
+INT8_MAX = 2**63 - 1
+
+
+def _backfill_table() -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, "backfill")
+
+
+@dataclass
+class JobState:
+    """A job's row in online_uuid.backfill."""
+
+    job_id: str
+    min_key: int | None
+    max_key: int | None
+    next_key: int | None
+    rows_done: int
+    rows_estimate: int
+    batch_size: int | None
+    batches: int
+    vacuumed_at_pct: float
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass
+class BatchResult:
+    rows: int
+    hi: int | None
+    blocked: int
+    finished: bool
+
+
+def estimate_rows(conn: psycopg.Connection, job: BackfillJob) -> int:
+    """The planner's row estimate (reltuples scaled to the current size): cheap, no scan."""
+    plan = conn.execute(
+        sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(job.table.ident)
+    ).fetchone()
+    assert plan is not None
+    doc = plan[0] if isinstance(plan[0], list) else json.loads(plan[0])
+    return int(doc[0]["Plan"]["Plan Rows"])
+
+
+def register(conn: psycopg.Connection, mid: str, job: BackfillJob) -> None:
+    """Add the job's row once; a rerun keeps the existing one (and its cursor)."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (migration_id, job_id, kind, schema_name, table_name, column_name, "
+            "shadow_name, rows_estimate) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (migration_id, job_id) DO NOTHING"
+        ).format(_backfill_table()),
+        (mid, job.job_id, job.kind, job.table.schema, job.table.name, job.column, job.shadow,
+         estimate_rows(conn, job)),
+    )
+
+
+def load(conn: psycopg.Connection, mid: str, job_id: str) -> JobState:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT job_id, min_key, max_key, next_key, rows_done, rows_estimate, batch_size, "
+                "batches, vacuumed_at_pct, started_at, finished_at FROM {} "
+                "WHERE migration_id = %s AND job_id = %s"
+            ).format(_backfill_table()),
+            (mid, job_id),
+        )
+        row = cur.fetchone()
+    assert row is not None, f"backfill job {job_id} not registered"
+    return JobState(**row)
+
+
+def load_all(conn: psycopg.Connection, mid: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL("SELECT * FROM {} WHERE migration_id = %s ORDER BY job_id").format(
+                _backfill_table()
+            ),
+            (mid,),
+        )
+        return cur.fetchall()
+
+
+def begin(conn: psycopg.Connection, mid: str, job: BackfillJob, batch_size: int) -> JobState:
+    """Fix the key range once (min/max as of now); later rows already carry their value."""
+    row = conn.execute(
+        sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
+            c=sql.Identifier(job.batch_column), t=job.table.ident
+        )
+    ).fetchone()
+    lo, hi = row if row else (None, None)
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET min_key = %s, max_key = %s, next_key = %s, batch_size = %s, "
+            "started_at = clock_timestamp(), updated_at = clock_timestamp(), "
+            "finished_at = CASE WHEN %s::bigint IS NULL THEN clock_timestamp() END "
+            "WHERE migration_id = %s AND job_id = %s AND started_at IS NULL"
+        ).format(_backfill_table()),
+        (lo, hi, lo, batch_size, lo, mid, job.job_id),
+    )
+    return load(conn, mid, job.job_id)
+
+
+def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
+    """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
+    col = sql.Identifier(job.batch_column)
+    if job.kind == "key":
+        return sql.SQL(
+            "UPDATE {t} SET {s} = {g} WHERE {c} >= %s AND {c} <= %s AND {s} IS NULL"
+        ).format(
+            t=job.table.ident, s=sql.Identifier(job.shadow), g=sql.SQL(generator),
+            c=col,
+        )
+    assert job.ref_table and job.ref_column and job.ref_shadow
+    return sql.SQL(
+        "UPDATE {t} AS c SET {s} = p.{ps} FROM {pt} AS p "
+        "WHERE c.{c} >= %s AND c.{c} <= %s AND p.{pk} = c.{fk} AND c.{s} IS DISTINCT FROM p.{ps}"
+    ).format(
+        t=job.table.ident, s=sql.Identifier(job.shadow), ps=sql.Identifier(job.ref_shadow),
+        pt=job.ref_table.ident, c=col, pk=sql.Identifier(job.ref_column),
+        fk=sql.Identifier(job.column),
+    )
+
+
+def hi_sql(job: BackfillJob) -> sql.Composed:
+    """Upper bound of the next batch: an index walk of at most n entries, never a scan."""
+    return sql.SQL(
+        "SELECT max({c}) FROM (SELECT {c} FROM {t} WHERE {c} >= %s AND {c} <= %s "
+        "ORDER BY {c} LIMIT %s) AS s"
+    ).format(c=sql.Identifier(job.batch_column), t=job.table.ident)
+
+
+def _advance_sql() -> sql.Composed:
+    return sql.SQL(
+        "UPDATE {} SET next_key = %s, rows_done = rows_done + %s, batches = batches + 1, "
+        "batch_size = %s, updated_at = clock_timestamp(), "
+        "finished_at = CASE WHEN %s THEN clock_timestamp() END "
+        "WHERE migration_id = %s AND job_id = %s AND next_key = %s AND finished_at IS NULL"
+    ).format(_backfill_table())
+
+
+def run(
+    conn: psycopg.Connection, mid: str, job: BackfillJob, st: JobState, size: int,
+    update: sql.Composed, statement_timeout_ms: int,
+) -> BatchResult:
+    """One batch: bound, UPDATE, blocker check and cursor move, committed together."""
+    assert st.next_key is not None and st.max_key is not None
+    lo = st.next_key
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true)", (f"{statement_timeout_ms}ms",)
+        )
+        row = conn.execute(hi_sql(job), (lo, st.max_key, size)).fetchone()
+        hi = row[0] if row else None
+        rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
+        blocked = read_blocked_by_me(conn) if rows else 0
+        finished = hi is None or hi >= st.max_key
+        nxt = lo if hi is None else min(hi + 1, INT8_MAX)
+        cur = conn.execute(
+            _advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo)
+        )
+        if cur.rowcount != 1:
+            raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")
+    st.next_key, st.rows_done, st.batches, st.batch_size = nxt, st.rows_done + rows, st.batches + 1, size
+    if finished:
+        st.finished_at = datetime.now(UTC)
+    return BatchResult(rows, hi, blocked, finished)
+
+
+def set_vacuumed(conn: psycopg.Connection, mid: str, job_id: str, pct: float) -> None:
+    conn.execute(
+        sql.SQL("UPDATE {} SET vacuumed_at_pct = %s WHERE migration_id = %s AND job_id = %s").format(
+            _backfill_table()
+        ),
+        (pct, mid, job_id),
+    )
+
+
+def vacuum(conn: psycopg.Connection, job: BackfillJob) -> None:
+    """Plain VACUUM (autocommit conn); SKIP_LOCKED: if autovacuum holds the table, let it work."""
+    conn.execute("SET statement_timeout = 0")
+    try:
+        conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(job.table.ident))
+    finally:
+        conn.execute("RESET statement_timeout")

@@ -1,0 +1,185 @@
+"""Runtime control of a running backfill (pause, resume, throttle) and its status report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import batch, state
+from .errors import StateError
+from .naming import STATE_SCHEMA
+from .signals import read_dead_tuples, table_oid
+from .throttle import eta_seconds, key_fraction, validate_overrides
+
+RECENT_EVENTS = 10
+FRESH_S = 60.0  # a published rate older than this is stale (the backfill is not running)
+
+
+@dataclass
+class Runtime:
+    """What a running backfill re-reads before each batch."""
+
+    phase: str
+    paused: bool
+    throttle: dict[str, Any]
+
+
+def _migrations() -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, "migrations")
+
+
+def read_runtime(conn: psycopg.Connection, mid: str) -> Runtime:
+    row = conn.execute(
+        sql.SQL("SELECT phase, paused, throttle FROM {} WHERE id = %s").format(_migrations()),
+        (mid,),
+    ).fetchone()
+    if row is None:
+        raise StateError(f"migration {mid!r} disappeared while backfilling")
+    return Runtime(row[0], bool(row[1]), dict(row[2] or {}))
+
+
+def pause(conn: psycopg.Connection, mid: str) -> None:
+    """The backfill stops before its next batch (within one batch) until resumed."""
+    state.load(conn, mid)
+    with conn.transaction():
+        state.update(conn, mid, paused=True)
+        state.event(conn, mid, "paused", {})
+
+
+def resume(conn: psycopg.Connection, mid: str) -> None:
+    state.load(conn, mid)
+    with conn.transaction():
+        state.update(conn, mid, paused=False)
+        state.event(conn, mid, "resumed", {})
+
+
+def set_throttle(conn: psycopg.Connection, mid: str, **limits: Any) -> dict[str, Any]:
+    """Override BackfillSettings fields at runtime; a None value removes that override.
+
+    Returns the overrides now in force. Applied by a running backfill before its next batch.
+    """
+    validate_overrides({k: v for k, v in limits.items()})
+    state.load(conn, mid)
+    setting = {k: list(v) if isinstance(v, tuple) else v for k, v in limits.items() if v is not None}
+    removing = [k for k, v in limits.items() if v is None]
+    with conn.transaction():
+        row = conn.execute(
+            sql.SQL(
+                "UPDATE {} SET throttle = (throttle || %s) - %s::text[], "
+                "updated_at = clock_timestamp() WHERE id = %s RETURNING throttle"
+            ).format(_migrations()),
+            (Jsonb(setting), removing, mid),
+        ).fetchone()
+        state.event(conn, mid, "throttle", {"set": setting, "removed": removing})
+    return dict(row[0]) if row else {}
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _job_status(row: dict[str, Any], rates: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    done = row["finished_at"] is not None
+    frac = 1.0 if done else key_fraction(row["min_key"], row["max_key"], row["next_key"])
+    remaining = 0 if done else int(row["rows_estimate"] * (1 - frac))
+    rate = rates.get(row["job_id"]) if fresh else None
+    if rate is None and row["started_at"] and row["rows_done"]:
+        end = row["finished_at"] or row["updated_at"]
+        secs = (end - row["started_at"]).total_seconds()
+        rate = row["rows_done"] / secs if secs > 0 else None
+    return {
+        "job_id": row["job_id"], "kind": row["kind"],
+        "label": f"{row['schema_name']}.{row['table_name']}.{row['shadow_name']}",
+        "table": f"{row['schema_name']}.{row['table_name']}",
+        "column": row["column_name"], "shadow": row["shadow_name"],
+        "state": "done" if done else ("running" if row["started_at"] else "pending"),
+        "fraction": round(frac, 4), "percent": round(100 * frac, 2),
+        "rows_done": row["rows_done"], "rows_remaining": remaining,
+        "rows_estimate": row["rows_estimate"], "batches": row["batches"],
+        "batch_size": row["batch_size"], "rate": round(rate, 1) if rate else None,
+        "eta_s": None if done else _round(eta_seconds(remaining, rate)),
+        "min_key": row["min_key"], "max_key": row["max_key"], "next_key": row["next_key"],
+        "vacuumed_at_percent": row["vacuumed_at_pct"],
+        "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _events(conn: psycopg.Connection, mid: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT at, kind, detail FROM {} WHERE migration_id = %s ORDER BY id DESC LIMIT %s"
+            ).format(sql.Identifier(STATE_SCHEMA, "events")),
+            (mid, RECENT_EVENTS),
+        )
+        return [{**r, "at": _iso(r["at"])} for r in reversed(cur.fetchall())]
+
+
+def _dead_tuples(conn: psycopg.Connection, m: state.Migration) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for table in m.plan.tables():
+        try:
+            out[table.display()] = read_dead_tuples(conn, table_oid(conn, table.display()))
+        except psycopg.errors.UndefinedTable:
+            continue
+    return out
+
+
+def _is_fresh(ts: dict[str, Any]) -> bool:
+    at = ts.get("updated_at")
+    if not at:
+        return False
+    age = datetime.now(UTC) - datetime.fromisoformat(at)
+    return age.total_seconds() < FRESH_S
+
+
+def status(conn: psycopg.Connection, mid: str) -> dict[str, Any]:
+    """A stable, JSON-able report of the migration's backfill (`online-uuid status --json`)."""
+    m = state.load(conn, mid)
+    ts = dict(m.throttle_state or {})
+    fresh = _is_fresh(ts)
+    jobs = [_job_status(r, ts.get("rates", {}), fresh) for r in batch.load_all(conn, mid)]
+    done = sum(j["rows_done"] for j in jobs)
+    remaining = sum(j["rows_remaining"] for j in jobs)
+    weights = [max(j["rows_estimate"], 1) for j in jobs]
+    percent = sum(j["percent"] * w for j, w in zip(jobs, weights, strict=True)) / (sum(weights) or 1)
+    rate = ts.get("rate_rows_per_s") if fresh else None
+    fk_started = any(j["kind"] == "fk" and j["state"] != "pending" for j in jobs)
+    all_done = bool(jobs) and all(j["state"] == "done" for j in jobs)
+    return {
+        "migration": m.id,
+        "phase": m.phase.value,
+        "paused": m.paused,
+        "last_error": m.last_error,
+        "progress": {
+            "percent": 100.0 if all_done else round(min(100.0, percent), 2),
+            "rows_done": done, "rows_remaining": remaining,
+            "rate": round(rate, 1) if rate else None,
+            "eta_s": _round(eta_seconds(remaining, rate)),
+        },
+        "jobs": jobs,
+        "throttle": {
+            "overrides": m.throttle, "throttled": bool(ts.get("throttled")) and fresh,
+            "reasons": ts.get("reasons", []) if fresh else [],
+            "details": ts.get("details", {}) if fresh else {},
+            "replication_lag_s": ts.get("replication_lag_s", {}),
+            "long_transactions": ts.get("long_transactions", []),
+            "updated_at": ts.get("updated_at"),
+        },
+        "barrier": {
+            "at": _iso(m.barrier_at), "passed": fk_started or all_done,
+            "waiting_on": ts.get("barrier_waiting_on", []) if fresh else [],
+        },
+        "dead_tuples": _dead_tuples(conn, m),
+        "events": _events(conn, mid),
+    }
