@@ -41,6 +41,8 @@ def _session(
     conn = connect(dsn, application_name(migration or "-", role))
     try:
         mid = state.resolve(conn, migration, latest_ok=latest_ok)
+        if mid != migration:  # opened as online-uuid/-/<role>: name the migration for DBAs
+            conn.execute("SELECT set_config('application_name', %s, false)", (application_name(mid, role),))
         if not lock:
             yield conn, mid
             return

@@ -142,7 +142,9 @@ def start(
     nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
     replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")] = None,
     vacuum_every: Annotated[float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Independent tables filled in parallel.")] = None,
+    initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
+    barrier_timeout: Annotated[float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")] = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
@@ -155,7 +157,8 @@ def start(
         max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
         max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
         nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every, workers=workers,
+        vacuum_every_pct=vacuum_every, workers=workers, initial_batch_size=initial_batch_size,
+        barrier_timeout_s=barrier_timeout,
     )
     metrics = _metrics(metrics_port, migration)
     with _progress(not no_backfill) as progress:
@@ -186,7 +189,9 @@ def backfill(
     nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
     replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn")] = None,
     vacuum_every: Annotated[float | None, typer.Option("--vacuum-every")] = None,
-    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Independent tables filled in parallel.")] = None,
+    initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
+    barrier_timeout: Annotated[float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")] = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
@@ -197,7 +202,8 @@ def backfill(
         max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
         max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
         nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every, workers=workers,
+        vacuum_every_pct=vacuum_every, workers=workers, initial_batch_size=initial_batch_size,
+        barrier_timeout_s=barrier_timeout,
     )
     metrics = _metrics(metrics_port, migration)
     with _progress() as progress:
@@ -283,6 +289,9 @@ def throttle(
     max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
     nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
     target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
+    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
+    throttle_query: Annotated[str | None, typer.Option("--throttle-query")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every runtime override.")] = False,
 ) -> None:
     """Change the running backfill's limits without restarting it (applied within one batch)."""
@@ -290,7 +299,8 @@ def throttle(
     limits: dict[str, Any] = {
         "max_rows_per_second": max_rows_per_second, "max_replication_lag_s": max_replication_lag,
         "max_wal_rate_bytes": max_wal_rate, "max_active_sessions": max_active_sessions,
-        "nice_ratio": nice_ratio, "target_batch_ms": target_batch_ms,
+        "nice_ratio": nice_ratio, "target_batch_ms": target_batch_ms, "min_batch_size": min_batch_size,
+        "max_batch_size": max_batch_size, "throttle_query": throttle_query,
     }
     if clear:
         _run(lambda: api.throttle(d, migration, **dict.fromkeys(limits)))

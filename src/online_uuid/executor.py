@@ -51,7 +51,9 @@ class Executor:
     migration: str
     lock: LockSettings
     online_lock_timeout_ms: int = 600_000
+    terminate_blockers: bool = False
     executed: list[str] = field(default_factory=list)
+    terminated: list[int] = field(default_factory=list)
 
     def run_all(self, steps: Iterable[Step]) -> None:
         for step in steps:
@@ -80,7 +82,8 @@ class Executor:
                     self.conn.execute(stmt)
                 state.mark_step(self.conn, self.migration, step.id)
 
-        with_lock_retries(self.conn, self.lock, step.tables, attempt, what=step.description or step.id)
+        with_lock_retries(self.conn, self.lock, step.tables, attempt, what=step.description or step.id,
+                          terminate=self.terminate_blockers, terminated=self.terminated)
 
     def _run_online(self, step: Step) -> None:
         if step.index is not None:
@@ -114,16 +117,30 @@ def with_lock_retries(
     attempt: object,
     *,
     what: str,
+    terminate: bool = False,
+    terminated: list[int] | None = None,
 ) -> None:
-    """Call `attempt()` until it gets its locks; give up with LockTimeoutError naming the blockers."""
+    """Call `attempt()` until it gets its locks; give up with LockTimeoutError naming the blockers.
+
+    With `terminate`, backends whose transaction outlived a whole lock timeout on these tables are
+    cancelled, then terminated, before the next attempt; short application transactions never are.
+    """
     assert callable(attempt)
+    tables = list(tables)
+
+    def before_sleep(rs: object) -> None:
+        log.info("lock busy, retrying", what=what, attempt=getattr(rs, "attempt_number", 0),
+                 lock_timeout_ms=lock.lock_timeout_ms)
+        if terminate:
+            ended = terminate_long_blockers(conn, tables, lock.lock_timeout_ms / 1000)
+            if terminated is not None:
+                terminated.extend(ended)
+
     retrying = Retrying(
         retry=retry_if_exception_type((pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)),
         stop=stop_after_attempt(lock.max_attempts) | stop_after_delay(lock.retry_for_s),
         wait=wait_random_exponential(multiplier=0.05, max=5),
-        before_sleep=lambda rs: log.info(
-            "lock busy, retrying", what=what, attempt=rs.attempt_number, lock_timeout_ms=lock.lock_timeout_ms
-        ),
+        before_sleep=before_sleep,
         reraise=False,
     )
     try:
@@ -143,6 +160,31 @@ def with_lock_retries(
 def blockers_of(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[dict[str, object]]:
     oids = [oid for t in tables if (oid := catalog.read_table_ref(conn, t)) is not None]
     return [dict(b) for b in catalog.read_blockers(conn, oids)] if oids else []
+
+
+def old_blockers(blockers: list[dict[str, object]], older_than_s: float) -> list[int]:
+    """Pids whose transaction began before our attempt did: the ones that made it time out.
+
+    Sessions that queued behind our lock request hold locks too, but they are the application.
+    The age is rounded to 0.1 s, hence the margin.
+    """
+    return [int(str(b["pid"])) for b in blockers if float(str(b.get("xact_age_s") or 0)) > older_than_s + 0.1]
+
+
+def terminate_long_blockers(conn: psycopg.Connection, tables: Iterable[TableRef], older_than_s: float) -> list[int]:
+    """Cancel, then terminate, only the old transactions holding locks on these tables."""
+    tables = list(tables)
+    pids = old_blockers(blockers_of(conn, tables), older_than_s)
+    for pid in pids:
+        conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+    if pids:
+        time.sleep(0.2)
+        still = {int(str(b["pid"])) for b in blockers_of(conn, tables)}
+        for pid in pids:
+            if pid in still:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        log.warning("terminated blocking backends", pids=pids)
+    return pids
 
 
 def describe_blockers(blockers: list[dict[str, object]]) -> str:

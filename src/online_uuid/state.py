@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         check_version(conn)
         return
     with conn.transaction():
+        # Two first runs at once: CREATE ... IF NOT EXISTS is not safe against a concurrent creator.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_key("state-schema"),))
+        if schema_exists(conn):
+            return
         conn.execute(
             render(
                 "state_schema.sql",
@@ -127,6 +132,7 @@ def resolve(conn: psycopg.Connection, migration_id: str | None, *, latest_ok: bo
 
 def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dict[str, Any]) -> None:
     """Record a new migration in phase `expanding`; refuse if a table is already in another one."""
+    tables = sorted({k.table for k in plan.keys} | {f.table for f in plan.foreign_keys})
     try:
         with conn.transaction():
             conn.execute(
@@ -135,7 +141,7 @@ def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dic
                 ),
                 (migration_id, Phase.EXPANDING.value, Jsonb(plan.to_json()), Jsonb(options)),
             )
-            for table in {k.table for k in plan.keys} | {f.table for f in plan.foreign_keys}:
+            for table in tables:
                 conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (migration_id, schema_name, table_name) VALUES (%s, %s, %s)"
@@ -149,13 +155,14 @@ def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dic
                 f"a migration named {migration_id!r} already exists; resume it with "
                 "`online-uuid start` on the same tables or pick another --migration name"
             ) from None
+        # (this migration's own rows were rolled back with the failed transaction: look up by table)
         owner = conn.execute(
             sql.SQL(
                 "SELECT mt.migration_id, mt.schema_name, mt.table_name FROM {} mt "
                 "WHERE mt.active AND (mt.schema_name, mt.table_name) IN "
-                "(SELECT schema_name, table_name FROM {} WHERE migration_id = %s) LIMIT 1"
-            ).format(_t("migration_tables"), _t("migration_tables")),
-            (migration_id,),
+                "(SELECT * FROM unnest(%s::text[], %s::text[])) LIMIT 1"
+            ).format(_t("migration_tables")),
+            ([t.schema for t in tables], [t.name for t in tables]),
         ).fetchone()
         what = f" ({owner[1]}.{owner[2]} is in migration {owner[0]!r})" if owner else ""
         raise StateError(
@@ -255,10 +262,18 @@ def delete(conn: psycopg.Connection, migration_id: str) -> None:
 
 
 @contextmanager
-def migration_lock(conn: psycopg.Connection, migration_id: str) -> Iterator[None]:
-    """Session advisory lock: one online-uuid process per migration at a time."""
+def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 5.0) -> Iterator[None]:
+    """Session advisory lock: one online-uuid process per migration at a time.
+
+    Waits `wait_s` first: the session of a run killed a moment ago may linger until the server notices.
+    """
     key = advisory_key(migration_id)
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        if (row and row[0]) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
     if not row or not row[0]:
         holder = conn.execute(
             "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "

@@ -20,7 +20,7 @@ from .. import naming, state
 from .. import statements as s
 from ..catalog import read_table_ref
 from ..errors import LockTimeoutError, StateError
-from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers
+from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers, terminate_long_blockers
 from ..metrics import Metrics
 from ..model import Phase, Plan, TableRef
 from ..settings import CutoverSettings
@@ -191,7 +191,10 @@ def run_swap(
     tables = plan.tables()
     deadline = time.monotonic() + lock.retry_for_s
     terminated: list[int] = []
-    for attempt in range(1, lock.max_attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.monotonic()
         try:
             held = _swap_once(conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst)
         except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
@@ -200,17 +203,19 @@ def run_swap(
                 metrics.cutover_attempts.labels(outcome=outcome).inc()
             blockers = blockers_of(conn, tables)
             log.info("cutover lock busy", attempt=attempt, blockers=describe_blockers(blockers))
-            if settings.terminate_blockers and blockers:
-                terminated += _terminate(conn, [int(str(b["pid"])) for b in blockers])
-                continue
-            if attempt == lock.max_attempts or time.monotonic() > deadline:
+            if settings.terminate_blockers and len(terminated) < 20:
+                ended = terminate_long_blockers(conn, tables, time.monotonic() - started)
+                terminated += ended
+                if ended:
+                    continue  # take the lock at once
+            if attempt >= lock.max_attempts or time.monotonic() > deadline:
                 raise LockTimeoutError(
                     f"cutover gave up after {attempt} attempts of {lock.lock_timeout_ms} ms; blocked by "
                     f"{describe_blockers(blockers)}; nothing was changed: retry when they finish, or use "
                     "--terminate-blockers",
                     blockers,
                 ) from None
-            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))
+            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
             continue
         if metrics:
             metrics.cutover_attempts.labels(outcome="success").inc()
@@ -237,17 +242,6 @@ def _swap_once(
     return time.monotonic() - locked_at
 
 
-def _terminate(conn: psycopg.Connection, pids: list[int]) -> list[int]:
-    """Cancel, then terminate, only the backends that block the lock."""
-    for pid in pids:
-        conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
-    time.sleep(0.2)
-    for pid in pids:
-        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    log.warning("terminated blocking backends", pids=pids)
-    return pids
-
-
 def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...]) -> int:
     """Terminate idle sessions of named applications so pools reconnect without stale plans."""
     if not applications:
@@ -271,9 +265,14 @@ def run_cutover(
         state.move(conn, mid, Phase.BACKFILLED, Phase.PREPARING)
     elif m.phase != Phase.PREPARING:
         raise StateError(f"migration {mid} is {m.phase}; cutover needs a finished backfill (`online-uuid backfill`)")
-    ex = Executor(conn, mid, settings.lock)
-    ex.run_all(prepare_steps(plan, FORWARD))
-    result = run_swap(conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics)
+    ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
+    try:
+        ex.run_all(prepare_steps(plan, FORWARD))
+        result = run_swap(conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics)
+    except LockTimeoutError:
+        state.move(conn, mid, Phase.PREPARING, Phase.BACKFILLED)  # nothing swapped; done steps stay recorded
+        raise
+    result.blockers_terminated = ex.terminated + result.blockers_terminated
     state.update(conn, mid, cutover={"lock_held_s": result.lock_held_s, "attempts": result.attempts})
     state.event(conn, mid, "cutover", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})
     ex.run_all(post_steps(plan, FORWARD))
@@ -285,7 +284,7 @@ def run_revert(conn: psycopg.Connection, mid: str, plan: Plan, settings: Cutover
     m = state.load(conn, mid)
     if m.phase == Phase.CUT_OVER:
         state.move(conn, mid, Phase.CUT_OVER, Phase.REVERTING)
-    ex = Executor(conn, mid, settings.lock)
+    ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
     ex.run_all(prepare_steps(plan, REVERSE))
     result = run_swap(conn, mid, plan, REVERSE, settings, Phase.REVERTING, Phase.BACKFILLED)
     state.forget_steps(conn, mid, "post:")
