@@ -25,11 +25,23 @@ from .phases import rollback as rollback_phase
 from .phases import start as start_phase
 from .plan import build_plan
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
+from .statements import build_lock
 from .verify import VerifyReport, run_verify
 
 __all__ = [
-    "backfill", "cutover", "cutover_check", "finalize", "pause", "plan", "plan_sql", "resume", "rollback",
-    "start", "status", "throttle", "verify",
+    "backfill",
+    "cutover",
+    "cutover_check",
+    "finalize",
+    "pause",
+    "plan",
+    "plan_sql",
+    "resume",
+    "rollback",
+    "start",
+    "status",
+    "throttle",
+    "verify",
 ]
 
 
@@ -64,11 +76,16 @@ def plan_sql(dsn: str, p: Plan) -> str:
         parts = [
             render_steps(conn, start_phase.start_steps(p), "start: expand (shadow columns, triggers)"),
             "-- backfill: batched UPDATEs in keyset order, cursor saved with each batch (not shown)\n",
-            render_steps(conn, cutover_phase.prepare_steps(p, cutover_phase.FORWARD), "cutover: online preparation"),
+            render_steps(
+                conn, cutover_phase.prepare_steps(p, cutover_phase.FORWARD), "cutover: online preparation"
+            ),
             "-- cutover: the swap, one transaction\nBEGIN;\n"
             + "\n".join(
                 st.as_string(conn) + ";"
-                for st in [cutover_phase.s.build_lock(p.tables()), *cutover_phase.swap_statements(p, "shadow", {})]
+                for st in [
+                    build_lock(p.tables()),
+                    *cutover_phase.swap_statements(p, "shadow", {}),
+                ]
             )
             + "\nCOMMIT;\n",
             render_steps(conn, cutover_phase.post_steps(p, cutover_phase.FORWARD), "cutover: after the swap"),
@@ -110,7 +127,9 @@ def start(
     return mid
 
 
-def _run_backfill(dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any) -> Any:
+def _run_backfill(
+    dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any
+) -> Any:
     from .backfill import run_backfill
 
     return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress)
@@ -136,14 +155,19 @@ def verify(dsn: str, migration: str | None = None) -> VerifyReport:
         return run_verify(conn, m.plan, cut_over=m.phase in (Phase.CUT_OVER, Phase.REVERTING))
 
 
-def cutover_check(dsn: str, migration: str | None = None, settings: CutoverSettings | None = None) -> list[str]:
+def cutover_check(
+    dsn: str, migration: str | None = None, settings: CutoverSettings | None = None
+) -> list[str]:
     """What would block a cutover now; takes no lock."""
     with _session(dsn, migration, "cutover", lock=False) as (conn, mid):
         return cutover_phase.check(conn, mid, state.load(conn, mid).plan, settings or CutoverSettings())
 
 
 def cutover(
-    dsn: str, migration: str | None = None, *, settings: CutoverSettings | None = None,
+    dsn: str,
+    migration: str | None = None,
+    *,
+    settings: CutoverSettings | None = None,
     metrics: Metrics | None = None,
 ) -> cutover_phase.SwapResult:
     """Verify, prepare online, then swap keys in one short transaction."""
@@ -153,7 +177,9 @@ def cutover(
         if m.phase in (Phase.BACKFILLED, Phase.PREPARING):
             report = run_verify(conn, m.plan)
             if not report.ok:
-                raise VerifyError(f"verify failed, cutover refused: {report.first_problem()}", report.to_json())
+                raise VerifyError(
+                    f"verify failed, cutover refused: {report.first_problem()}", report.to_json()
+                )
         result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics)
         if metrics:
             metrics.set_phase(Phase.CUT_OVER)
@@ -161,8 +187,13 @@ def cutover(
         return result
 
 
-def rollback(dsn: str, migration: str | None = None, *, lock: LockSettings | None = None,
-             settings: CutoverSettings | None = None) -> Phase:
+def rollback(
+    dsn: str,
+    migration: str | None = None,
+    *,
+    lock: LockSettings | None = None,
+    settings: CutoverSettings | None = None,
+) -> Phase:
     """Before cutover: remove everything start made. After cutover: swap back to the integer keys."""
     lock = lock or LockSettings()
     settings = settings or CutoverSettings(lock=lock)

@@ -201,13 +201,26 @@ def run_backfill(
             if phase is Phase.BACKFILLED:
                 return BackfillResult(migration_id, phase.value)
             plan = state.load(conn, migration_id).plan
-            ctx = RunContext(dsn, migration_id, settings, plan, metrics,
-                             progress or NullProgress(), stop or threading.Event())
+            ctx = RunContext(
+                dsn,
+                migration_id,
+                settings,
+                plan,
+                metrics,
+                progress or NullProgress(),
+                stop or threading.Event(),
+            )
             done = _guard_errors(ctx)
     t = ctx.totals
     return BackfillResult(
-        migration_id, (Phase.BACKFILLED if done else Phase.BACKFILLING).value, dict(t.rows),
-        time.monotonic() - t0, t.batches, t.retries, dict(t.throttled_s), stopped=not done,
+        migration_id,
+        (Phase.BACKFILLED if done else Phase.BACKFILLING).value,
+        dict(t.rows),
+        time.monotonic() - t0,
+        t.batches,
+        t.retries,
+        dict(t.throttled_s),
+        stopped=not done,
     )
 
 

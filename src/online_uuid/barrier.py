@@ -56,8 +56,8 @@ def _timeout_s(ctx: RunContext, session: Session) -> float:
 
 def _describe(waiters: list[dict[str, Any]]) -> str:
     shown = ", ".join(
-        f"pid {w['pid']} ({w['application_name'] or 'no application_name'}, {w['state']}, "
-        f"{w['age_s']:.0f}s)" for w in waiters[:5]
+        f"pid {w['pid']} ({w['application_name'] or 'no application_name'}, {w['state']}, {w['age_s']:.0f}s)"
+        for w in waiters[:5]
     )
     more = f" and {len(waiters) - 5} more" if len(waiters) > 5 else ""
     return shown + more

@@ -54,9 +54,7 @@ class BatchResult:
 
 def estimate_rows(conn: psycopg.Connection, job: BackfillJob) -> int:
     """The planner's row estimate (reltuples scaled to the current size): cheap, no scan."""
-    plan = conn.execute(
-        sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(job.table.ident)
-    ).fetchone()
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(job.table.ident)).fetchone()
     assert plan is not None
     doc = plan[0] if isinstance(plan[0], list) else json.loads(plan[0])
     return int(doc[0]["Plan"]["Plan Rows"])
@@ -70,8 +68,16 @@ def register(conn: psycopg.Connection, mid: str, job: BackfillJob) -> None:
             "shadow_name, rows_estimate) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (migration_id, job_id) DO NOTHING"
         ).format(_backfill_table()),
-        (mid, job.job_id, job.kind, job.table.schema, job.table.name, job.column, job.shadow,
-         estimate_rows(conn, job)),
+        (
+            mid,
+            job.job_id,
+            job.kind,
+            job.table.schema,
+            job.table.name,
+            job.column,
+            job.shadow,
+            estimate_rows(conn, job),
+        ),
     )
 
 
@@ -93,9 +99,7 @@ def load(conn: psycopg.Connection, mid: str, job_id: str) -> JobState:
 def load_all(conn: psycopg.Connection, mid: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            sql.SQL("SELECT * FROM {} WHERE migration_id = %s ORDER BY job_id").format(
-                _backfill_table()
-            ),
+            sql.SQL("SELECT * FROM {} WHERE migration_id = %s ORDER BY job_id").format(_backfill_table()),
             (mid,),
         )
         return cur.fetchall()
@@ -125,10 +129,10 @@ def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
     """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
     col = sql.Identifier(job.batch_column)
     if job.kind == "key":
-        return sql.SQL(
-            "UPDATE {t} SET {s} = {g} WHERE {c} >= %s AND {c} <= %s AND {s} IS NULL"
-        ).format(
-            t=job.table.ident, s=sql.Identifier(job.shadow), g=sql.SQL(generator),
+        return sql.SQL("UPDATE {t} SET {s} = {g} WHERE {c} >= %s AND {c} <= %s AND {s} IS NULL").format(
+            t=job.table.ident,
+            s=sql.Identifier(job.shadow),
+            g=sql.SQL(generator),
             c=col,
         )
     assert job.ref_table and job.ref_column and job.ref_shadow
@@ -136,8 +140,12 @@ def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
         "UPDATE {t} AS c SET {s} = p.{ps} FROM {pt} AS p "
         "WHERE c.{c} >= %s AND c.{c} <= %s AND p.{pk} = c.{fk} AND c.{s} IS DISTINCT FROM p.{ps}"
     ).format(
-        t=job.table.ident, s=sql.Identifier(job.shadow), ps=sql.Identifier(job.ref_shadow),
-        pt=job.ref_table.ident, c=col, pk=sql.Identifier(job.ref_column),
+        t=job.table.ident,
+        s=sql.Identifier(job.shadow),
+        ps=sql.Identifier(job.ref_shadow),
+        pt=job.ref_table.ident,
+        c=col,
+        pk=sql.Identifier(job.ref_column),
         fk=sql.Identifier(job.column),
     )
 
@@ -145,8 +153,7 @@ def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
 def hi_sql(job: BackfillJob) -> sql.Composed:
     """Upper bound of the next batch: an index walk of at most n entries, never a scan."""
     return sql.SQL(
-        "SELECT max({c}) FROM (SELECT {c} FROM {t} WHERE {c} >= %s AND {c} <= %s "
-        "ORDER BY {c} LIMIT %s) AS s"
+        "SELECT max({c}) FROM (SELECT {c} FROM {t} WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) AS s"
     ).format(c=sql.Identifier(job.batch_column), t=job.table.ident)
 
 
@@ -160,26 +167,27 @@ def _advance_sql() -> sql.Composed:
 
 
 def run(
-    conn: psycopg.Connection, mid: str, job: BackfillJob, st: JobState, size: int,
-    update: sql.Composed, statement_timeout_ms: int,
+    conn: psycopg.Connection,
+    mid: str,
+    job: BackfillJob,
+    st: JobState,
+    size: int,
+    update: sql.Composed,
+    statement_timeout_ms: int,
 ) -> BatchResult:
     """One batch: bound, UPDATE, blocker check and cursor move, committed together."""
     assert st.next_key is not None and st.max_key is not None
     lo = st.next_key
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, true)", (f"{statement_timeout_ms}ms",)
-        )
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{statement_timeout_ms}ms",))
         row = conn.execute(hi_sql(job), (lo, st.max_key, size)).fetchone()
         hi = row[0] if row else None
         rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
         blocked = read_blocked_by_me(conn) if rows else 0
         finished = hi is None or hi >= st.max_key
         nxt = lo if hi is None else min(hi + 1, INT8_MAX)
-        cur = conn.execute(
-            _advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo)
-        )
+        cur = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo))
         if cur.rowcount != 1:
             raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")
     st.next_key, st.rows_done, st.batches, st.batch_size = nxt, st.rows_done + rows, st.batches + 1, size

@@ -28,7 +28,7 @@ class TableInfo:
 
 def _rows(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)  # type: ignore[arg-type]
+        cur.execute(query, params)
         return cur.fetchall()
 
 
@@ -52,8 +52,13 @@ def read_table_by_oid(conn: psycopg.Connection, oid: int) -> TableInfo:
     r = _one(conn, _TABLE_SQL, (oid,))
     assert r is not None, oid
     return TableInfo(
-        oid=r["oid"], ref=TableRef(r["nspname"], r["relname"]), relkind=r["relkind"],
-        is_partition=r["relispartition"], has_inheritance=r["inh"], rows=r["rows"], bytes=r["bytes"],
+        oid=r["oid"],
+        ref=TableRef(r["nspname"], r["relname"]),
+        relkind=r["relkind"],
+        is_partition=r["relispartition"],
+        has_inheritance=r["inh"],
+        rows=r["rows"],
+        bytes=r["bytes"],
         owned=r["owned"],
     )
 

@@ -38,16 +38,26 @@ def _fail(message: str, code: int) -> typer.Exit:
     """One line on stderr, never wrapped, so scripts and humans read the same thing."""
     sys.stderr.write(f"error: {message}\n")
     return typer.Exit(code)
+
+
 T = TypeVar("T")
 
-Dsn = Annotated[str | None, typer.Option("--dsn", help="libpq DSN or URL; else ONLINE_UUID_DSN, DATABASE_URL, PG*.")]
+Dsn = Annotated[
+    str | None, typer.Option("--dsn", help="libpq DSN or URL; else ONLINE_UUID_DSN, DATABASE_URL, PG*.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="console or json.")]
-Migration = Annotated[str | None, typer.Option("--migration", help="Migration name (default: the unfinished one).")]
-LockTimeout = Annotated[int, typer.Option("--lock-timeout", help="Milliseconds to wait for a lock before retrying.")]
+Migration = Annotated[
+    str | None, typer.Option("--migration", help="Migration name (default: the unfinished one).")
+]
+LockTimeout = Annotated[
+    int, typer.Option("--lock-timeout", help="Milliseconds to wait for a lock before retrying.")
+]
 MaxAttempts = Annotated[int, typer.Option("--max-attempts", help="Lock attempts before giving up (exit 3).")]
 RetryFor = Annotated[float, typer.Option("--retry-for", help="Seconds to keep retrying a lock.")]
-MetricsPort = Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")]
+MetricsPort = Annotated[
+    int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
+]
 
 
 def _run(fn: Callable[[], T], *, log_format: str = "console") -> T:
@@ -96,7 +106,9 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
 
 @app.command()
 def plan(
-    table: Annotated[list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")],
+    table: Annotated[
+        list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")
+    ],
     dsn: Dsn = None,
     as_json: Json = False,
     as_sql: Annotated[bool, typer.Option("--sql", help="Print every statement; execute nothing.")] = False,
@@ -108,7 +120,9 @@ def plan(
     from .render import plan_json
 
     d = resolve_dsn(dsn)
-    p = _run(lambda: api.plan(d, table, uuid_version=uuid, cascade_deletes=cascade_deletes), log_format=log_format)
+    p = _run(
+        lambda: api.plan(d, table, uuid_version=uuid, cascade_deletes=cascade_deletes), log_format=log_format
+    )
     if as_sql:
         out.print(_run(lambda: api.plan_sql(d, p)), markup=False, highlight=False)
         return
@@ -125,8 +139,13 @@ def start(
     dsn: Dsn = None,
     migration: Migration = None,
     uuid: Annotated[str, typer.Option("--uuid", help="v4 (gen_random_uuid) or v7 (time-ordered).")] = "v4",
-    cascade_deletes: Annotated[bool, typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover.")] = False,
-    no_backfill: Annotated[bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")] = False,
+    cascade_deletes: Annotated[
+        bool,
+        typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover."),
+    ] = False,
+    no_backfill: Annotated[
+        bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")
+    ] = False,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -135,42 +154,81 @@ def start(
     min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
     max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
     max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
-    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag", help="Seconds.")] = None,
-    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate", help="WAL bytes per second.")] = None,
+    max_replication_lag: Annotated[
+        float | None, typer.Option("--max-replication-lag", help="Seconds.")
+    ] = None,
+    max_wal_rate: Annotated[
+        float | None, typer.Option("--max-wal-rate", help="WAL bytes per second.")
+    ] = None,
     max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
-    throttle_query: Annotated[str | None, typer.Option("--throttle-query", help="Throttle while it returns > 0.")] = None,
+    throttle_query: Annotated[
+        str | None, typer.Option("--throttle-query", help="Throttle while it returns > 0.")
+    ] = None,
     nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
-    replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")] = None,
-    vacuum_every: Annotated[float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Independent tables filled in parallel.")] = None,
+    replica_dsn: Annotated[
+        list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")
+    ] = None,
+    vacuum_every: Annotated[
+        float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Independent tables filled in parallel.")
+    ] = None,
     initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
-    barrier_timeout: Annotated[float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")] = None,
+    barrier_timeout: Annotated[
+        float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")
+    ] = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Add shadow UUID columns and dual-write triggers, then backfill (unless --no-backfill)."""
     d = resolve_dsn(dsn)
-    settings = _run(lambda: StartSettings(uuid_version=uuid, cascade_deletes=cascade_deletes, backfill=not no_backfill))
-    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for))
+    settings = _run(
+        lambda: StartSettings(uuid_version=uuid, cascade_deletes=cascade_deletes, backfill=not no_backfill)
+    )
+    lock = _run(
+        lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
+    )
     bf = _backfill_settings(
-        target_batch_ms=target_batch_ms, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-        max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
-        max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
-        nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every, workers=workers, initial_batch_size=initial_batch_size,
+        target_batch_ms=target_batch_ms,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        max_rows_per_second=max_rows_per_second,
+        max_replication_lag_s=max_replication_lag,
+        max_wal_rate_bytes=max_wal_rate,
+        max_active_sessions=max_active_sessions,
+        throttle_query=throttle_query,
+        nice_ratio=nice_ratio,
+        replica_dsns=tuple(replica_dsn) if replica_dsn else None,
+        vacuum_every_pct=vacuum_every,
+        workers=workers,
+        initial_batch_size=initial_batch_size,
         barrier_timeout_s=barrier_timeout,
     )
     metrics = _metrics(metrics_port, migration)
     with _progress(not no_backfill) as progress:
         mid = _run(
-            lambda: api.start(d, table, migration=migration, settings=settings, lock=lock, backfill_settings=bf,
-                              metrics=metrics, progress=progress),
+            lambda: api.start(
+                d,
+                table,
+                migration=migration,
+                settings=settings,
+                lock=lock,
+                backfill_settings=bf,
+                metrics=metrics,
+                progress=progress,
+            ),
             log_format=log_format,
         )
     nxt = "online-uuid backfill" if no_backfill else "online-uuid cutover"
     phase = "expanded" if no_backfill else "backfilled"
-    _emit({"migration": mid, "phase": phase, "next": nxt}, as_json, lambda: out.print(
-        f"migration {mid}: {phase} on {redact(d) or 'PG* server'}; next: {nxt}", markup=False))
+    _emit(
+        {"migration": mid, "phase": phase, "next": nxt},
+        as_json,
+        lambda: out.print(
+            f"migration {mid}: {phase} on {redact(d) or 'PG* server'}; next: {nxt}", markup=False
+        ),
+    )
 
 
 @app.command()
@@ -189,35 +247,60 @@ def backfill(
     nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
     replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn")] = None,
     vacuum_every: Annotated[float | None, typer.Option("--vacuum-every")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Independent tables filled in parallel.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Independent tables filled in parallel.")
+    ] = None,
     initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
-    barrier_timeout: Annotated[float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")] = None,
+    barrier_timeout: Annotated[
+        float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")
+    ] = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Run or resume the backfill (after `start --no-backfill`, a crash, or Ctrl-C)."""
     d = resolve_dsn(dsn)
     bf = _backfill_settings(
-        target_batch_ms=target_batch_ms, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-        max_rows_per_second=max_rows_per_second, max_replication_lag_s=max_replication_lag,
-        max_wal_rate_bytes=max_wal_rate, max_active_sessions=max_active_sessions, throttle_query=throttle_query,
-        nice_ratio=nice_ratio, replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every, workers=workers, initial_batch_size=initial_batch_size,
+        target_batch_ms=target_batch_ms,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        max_rows_per_second=max_rows_per_second,
+        max_replication_lag_s=max_replication_lag,
+        max_wal_rate_bytes=max_wal_rate,
+        max_active_sessions=max_active_sessions,
+        throttle_query=throttle_query,
+        nice_ratio=nice_ratio,
+        replica_dsns=tuple(replica_dsn) if replica_dsn else None,
+        vacuum_every_pct=vacuum_every,
+        workers=workers,
+        initial_batch_size=initial_batch_size,
         barrier_timeout_s=barrier_timeout,
     )
     metrics = _metrics(metrics_port, migration)
     with _progress() as progress:
-        result = _run(lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=progress),
-                      log_format=log_format)
-    doc = {"phase": getattr(result, "phase", "backfilled"), "rows": getattr(result, "total_rows", None),
-           "seconds": round(getattr(result, "seconds", 0.0), 1)}
-    _emit(doc, as_json, lambda: out.print(f"backfill {doc['phase']}: {doc['rows']} rows in {doc['seconds']} s; "
-                                          "next: online-uuid cutover", markup=False))
+        result = _run(
+            lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=progress),
+            log_format=log_format,
+        )
+    doc = {
+        "phase": getattr(result, "phase", "backfilled"),
+        "rows": getattr(result, "total_rows", None),
+        "seconds": round(getattr(result, "seconds", 0.0), 1),
+    }
+    _emit(
+        doc,
+        as_json,
+        lambda: out.print(
+            f"backfill {doc['phase']}: {doc['rows']} rows in {doc['seconds']} s; next: online-uuid cutover",
+            markup=False,
+        ),
+    )
 
 
 @app.command()
 def status(
-    dsn: Dsn = None, migration: Migration = None, as_json: Json = False,
+    dsn: Dsn = None,
+    migration: Migration = None,
+    as_json: Json = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
 ) -> None:
     """Phase, progress per column, rate, ETA, throttle state, dead tuples, last error."""
@@ -237,8 +320,11 @@ def _print_status(doc: dict[str, Any]) -> None:
 
     prog = doc.get("progress") or {}
     paused = " (paused)" if doc.get("paused") else ""
-    out.print(f"migration {doc.get('migration')}: phase {doc.get('phase')}{paused}, "
-              f"{prog.get('percent', 0):.1f}% backfilled", markup=False)
+    out.print(
+        f"migration {doc.get('migration')}: phase {doc.get('phase')}{paused}, "
+        f"{prog.get('percent', 0):.1f}% backfilled",
+        markup=False,
+    )
     jobs = sorted(doc.get("jobs") or [], key=lambda j: (j.get("kind") != "key", str(j.get("label"))))
     if jobs:
         t = Table()
@@ -246,14 +332,23 @@ def _print_status(doc: dict[str, Any]) -> None:
             t.add_column(c)
         for j in jobs:
             eta = j.get("eta_s")
-            t.add_row(str(j.get("label")), str(j.get("state")), f"{j.get('percent', 0):.1f}%",
-                      f"{j.get('rows_done', 0):,}", f"{j.get('rows_remaining', 0):,}",
-                      f"{j['rate']:,.0f}/s" if j.get("rate") else "-", human_seconds(eta) if eta else "-")
+            t.add_row(
+                str(j.get("label")),
+                str(j.get("state")),
+                f"{j.get('percent', 0):.1f}%",
+                f"{j.get('rows_done', 0):,}",
+                f"{j.get('rows_remaining', 0):,}",
+                f"{j['rate']:,.0f}/s" if j.get("rate") else "-",
+                human_seconds(eta) if eta else "-",
+            )
         out.print(t)
     th = doc.get("throttle") or {}
     reasons = ", ".join(th.get("reasons") or []) or "none"
-    out.print(f"throttled: {'yes' if th.get('throttled') else 'no'} (reasons: {reasons}); "
-              f"runtime overrides: {th.get('overrides') or 'none'}", markup=False)
+    out.print(
+        f"throttled: {'yes' if th.get('throttled') else 'no'} (reasons: {reasons}); "
+        f"runtime overrides: {th.get('overrides') or 'none'}",
+        markup=False,
+    )
     dead = doc.get("dead_tuples") or {}
     if dead:
         out.print("dead tuples: " + ", ".join(f"{k} {v:,}" for k, v in dead.items()), markup=False)
@@ -297,10 +392,15 @@ def throttle(
     """Change the running backfill's limits without restarting it (applied within one batch)."""
     d = resolve_dsn(dsn)
     limits: dict[str, Any] = {
-        "max_rows_per_second": max_rows_per_second, "max_replication_lag_s": max_replication_lag,
-        "max_wal_rate_bytes": max_wal_rate, "max_active_sessions": max_active_sessions,
-        "nice_ratio": nice_ratio, "target_batch_ms": target_batch_ms, "min_batch_size": min_batch_size,
-        "max_batch_size": max_batch_size, "throttle_query": throttle_query,
+        "max_rows_per_second": max_rows_per_second,
+        "max_replication_lag_s": max_replication_lag,
+        "max_wal_rate_bytes": max_wal_rate,
+        "max_active_sessions": max_active_sessions,
+        "nice_ratio": nice_ratio,
+        "target_batch_ms": target_batch_ms,
+        "min_batch_size": min_batch_size,
+        "max_batch_size": max_batch_size,
+        "throttle_query": throttle_query,
     }
     if clear:
         _run(lambda: api.throttle(d, migration, **dict.fromkeys(limits)))
@@ -338,66 +438,119 @@ def cutover(
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 30,
     retry_for: RetryFor = 120.0,
-    statement_timeout: Annotated[int, typer.Option("--statement-timeout", help="Milliseconds, inside the swap.")] = 5000,
-    terminate_blockers: Annotated[bool, typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock.")] = False,
-    reset_idle_sessions: Annotated[list[str] | None, typer.Option("--reset-idle-sessions", help="application_name whose idle sessions to end after the swap (repeatable).")] = None,
+    statement_timeout: Annotated[
+        int, typer.Option("--statement-timeout", help="Milliseconds, inside the swap.")
+    ] = 5000,
+    terminate_blockers: Annotated[
+        bool,
+        typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock."),
+    ] = False,
+    reset_idle_sessions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reset-idle-sessions",
+            help="application_name whose idle sessions to end after the swap (repeatable).",
+        ),
+    ] = None,
     metrics_port: MetricsPort = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Verify, build indexes and constraints online, then swap keys under a lock held for milliseconds."""
     d = resolve_dsn(dsn)
-    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts,
-                                     retry_for_s=retry_for, statement_timeout_ms=statement_timeout))
-    settings = CutoverSettings(lock=lock, terminate_blockers=terminate_blockers,
-                               reset_idle_sessions=tuple(reset_idle_sessions or ()))
+    lock = _run(
+        lambda: LockSettings(
+            lock_timeout_ms=lock_timeout,
+            max_attempts=max_attempts,
+            retry_for_s=retry_for,
+            statement_timeout_ms=statement_timeout,
+        )
+    )
+    settings = CutoverSettings(
+        lock=lock, terminate_blockers=terminate_blockers, reset_idle_sessions=tuple(reset_idle_sessions or ())
+    )
     if check:
         problems = _run(lambda: api.cutover_check(d, migration, settings))
-        _emit({"ok": not problems, "problems": problems}, as_json,
-              lambda: out.print("\n".join(problems) or "nothing blocks a cutover now"))
+        _emit(
+            {"ok": not problems, "problems": problems},
+            as_json,
+            lambda: out.print("\n".join(problems) or "nothing blocks a cutover now"),
+        )
         if problems:
             raise typer.Exit(EXIT_FAILURE)
         return
     metrics = _metrics(metrics_port, migration)
-    result = _run(lambda: api.cutover(d, migration, settings=settings, metrics=metrics), log_format=log_format)
-    doc = {"lock_held_ms": round(result.lock_held_s * 1000, 1), "attempts": result.attempts,
-           "terminated": result.blockers_terminated}
-    _emit(doc, as_json, lambda: out.print(
-        f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s). "
-        "Sessions holding prepared `SELECT *` / `RETURNING id` plans may see 'cached plan must not change "
-        "result type' until they reconnect (see --reset-idle-sessions). Next: online-uuid finalize, or "
-        "online-uuid rollback to go back."))
+    result = _run(
+        lambda: api.cutover(d, migration, settings=settings, metrics=metrics), log_format=log_format
+    )
+    doc = {
+        "lock_held_ms": round(result.lock_held_s * 1000, 1),
+        "attempts": result.attempts,
+        "terminated": result.blockers_terminated,
+    }
+    _emit(
+        doc,
+        as_json,
+        lambda: out.print(
+            f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s). "
+            "Sessions holding prepared `SELECT *` / `RETURNING id` plans may see "
+            "'cached plan must not change "
+            "result type' until they reconnect (see --reset-idle-sessions). Next: online-uuid finalize, or "
+            "online-uuid rollback to go back."
+        ),
+    )
 
 
 @app.command()
 def rollback(
-    dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500,
-    max_attempts: MaxAttempts = 30, retry_for: RetryFor = 120.0, as_json: Json = False,
+    dsn: Dsn = None,
+    migration: Migration = None,
+    lock_timeout: LockTimeout = 500,
+    max_attempts: MaxAttempts = 30,
+    retry_for: RetryFor = 120.0,
+    as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Before cutover: remove everything start made. After cutover: back to integer keys, losslessly."""
     d = resolve_dsn(dsn)
-    lock = _run(lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for))
-    phase = _run(lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)),
-                 log_format=log_format)
+    lock = _run(
+        lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
+    )
+    phase = _run(
+        lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)),
+        log_format=log_format,
+    )
     _emit({"phase": str(phase)}, as_json, lambda: out.print(f"rolled back: phase {phase}"))
 
 
 @app.command()
 def finalize(
-    dsn: Dsn = None, migration: Migration = None, lock_timeout: LockTimeout = 500, as_json: Json = False,
+    dsn: Dsn = None,
+    migration: Migration = None,
+    lock_timeout: LockTimeout = 500,
+    as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Drop the retired integer columns and every helper object. After this there is no way back."""
     d = resolve_dsn(dsn)
-    _run(lambda: api.finalize(d, migration, lock=LockSettings(lock_timeout_ms=lock_timeout)), log_format=log_format)
-    _emit({"phase": "finalized"}, as_json, lambda: out.print(
-        "finalized: integer columns, sequences and triggers dropped; history kept in schema online_uuid"))
+    _run(
+        lambda: api.finalize(d, migration, lock=LockSettings(lock_timeout_ms=lock_timeout)),
+        log_format=log_format,
+    )
+    _emit(
+        {"phase": "finalized"},
+        as_json,
+        lambda: out.print(
+            "finalized: integer columns, sequences and triggers dropped; history kept in schema online_uuid"
+        ),
+    )
 
 
 @app.command()
 def demo(
-    dsn: Annotated[str | None, typer.Option("--dsn", help="Run in a scratch schema of this database instead.")] = None,
+    dsn: Annotated[
+        str | None, typer.Option("--dsn", help="Run in a scratch schema of this database instead.")
+    ] = None,
     rows: Annotated[int, typer.Option("--rows", help="Rows in all five tables.")] = 1_000_000,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the server (prints its DSN).")] = False,
     metrics_port: MetricsPort = None,

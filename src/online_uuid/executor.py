@@ -23,6 +23,7 @@ from . import catalog, state
 from .errors import LockTimeoutError
 from .model import TableRef
 from .settings import LockSettings
+from .statements import Query
 
 log = structlog.get_logger("online_uuid")
 
@@ -35,7 +36,7 @@ class Step:
     """A unit of work that is done exactly once per migration (its id is recorded when done)."""
 
     id: str
-    statements: tuple[sql.Composable, ...]
+    statements: tuple[Query, ...]
     tables: tuple[TableRef, ...] = ()
     kind: str = DDL
     description: str = ""
@@ -76,14 +77,23 @@ class Executor:
         def attempt() -> None:
             with self.conn.transaction():
                 self.conn.execute(
-                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock.lock_timeout_ms}ms"))
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(f"{self.lock.lock_timeout_ms}ms")
+                    )
                 )
                 for stmt in step.statements:
                     self.conn.execute(stmt)
                 state.mark_step(self.conn, self.migration, step.id)
 
-        with_lock_retries(self.conn, self.lock, step.tables, attempt, what=step.description or step.id,
-                          terminate=self.terminate_blockers, terminated=self.terminated)
+        with_lock_retries(
+            self.conn,
+            self.lock,
+            step.tables,
+            attempt,
+            what=step.description or step.id,
+            terminate=self.terminate_blockers,
+            terminated=self.terminated,
+        )
 
     def _run_online(self, step: Step) -> None:
         if step.index is not None:
@@ -129,8 +139,12 @@ def with_lock_retries(
     tables = list(tables)
 
     def before_sleep(rs: object) -> None:
-        log.info("lock busy, retrying", what=what, attempt=getattr(rs, "attempt_number", 0),
-                 lock_timeout_ms=lock.lock_timeout_ms)
+        log.info(
+            "lock busy, retrying",
+            what=what,
+            attempt=getattr(rs, "attempt_number", 0),
+            lock_timeout_ms=lock.lock_timeout_ms,
+        )
         if terminate:
             ended = terminate_long_blockers(conn, tables, lock.lock_timeout_ms / 1000)
             if terminated is not None:
@@ -171,7 +185,9 @@ def old_blockers(blockers: list[dict[str, object]], older_than_s: float) -> list
     return [int(str(b["pid"])) for b in blockers if float(str(b.get("xact_age_s") or 0)) > older_than_s + 0.1]
 
 
-def terminate_long_blockers(conn: psycopg.Connection, tables: Iterable[TableRef], older_than_s: float) -> list[int]:
+def terminate_long_blockers(
+    conn: psycopg.Connection, tables: Iterable[TableRef], older_than_s: float
+) -> list[int]:
     """Cancel, then terminate, only the old transactions holding locks on these tables."""
     tables = list(tables)
     pids = old_blockers(blockers_of(conn, tables), older_than_s)

@@ -15,11 +15,14 @@ def read_bounds(conn: psycopg.Connection, table: TableRef, column: str) -> tuple
     return (row[0], row[1]) if row else (None, None)
 
 
-def read_upper_bound(conn: psycopg.Connection, table: TableRef, column: str, lo: int, hi_max: int, n: int) -> int | None:
+def read_upper_bound(
+    conn: psycopg.Connection, table: TableRef, column: str, lo: int, hi_max: int, n: int
+) -> int | None:
     """The key of the n-th row at or after `lo` (at most `hi_max`): one index walk of n entries."""
     row = conn.execute(
         sql.SQL(
-            "SELECT max(k) FROM (SELECT {c} AS k FROM {t} WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) s"
+            "SELECT max(k) FROM (SELECT {c} AS k FROM {t} "
+            "WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) s"
         ).format(c=sql.Identifier(column), t=table.ident),
         (lo, hi_max, n),
     ).fetchone()

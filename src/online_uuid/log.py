@@ -55,6 +55,16 @@ def _level(level: str | int) -> int:
     return value
 
 
+class _Stderr:
+    """Whatever sys.stderr is at write time (test runners and embedding apps swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: Format = "console", level: str | int = "info") -> None:
     """Set up structlog (and the stdlib root logger) to write to stderr."""
     lvl = _level(level)
@@ -73,7 +83,7 @@ def configure(fmt: Format = "console", level: str | int = "info") -> None:
     structlog.configure(
         processors=[*shared, redact_processor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

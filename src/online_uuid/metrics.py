@@ -34,45 +34,61 @@ class Metrics:
         self.migration = migration
         r = self.registry
         self.rows_backfilled = Counter(
-            "online_uuid_rows_backfilled", "Rows whose shadow column the backfill filled.",
-            ("table", "column"), registry=r,
+            "online_uuid_rows_backfilled",
+            "Rows whose shadow column the backfill filled.",
+            ("table", "column"),
+            registry=r,
         )
         self.rows_remaining = Gauge(
-            "online_uuid_rows_remaining", "Rows estimated left to backfill, from key position.",
-            ("table", "column"), registry=r,
+            "online_uuid_rows_remaining",
+            "Rows estimated left to backfill, from key position.",
+            ("table", "column"),
+            registry=r,
         )
         self.batch_duration = Histogram(
-            "online_uuid_batch_duration_seconds", "Wall time of one backfill batch transaction.",
-            ("table",), buckets=BATCH_BUCKETS, registry=r,
+            "online_uuid_batch_duration_seconds",
+            "Wall time of one backfill batch transaction.",
+            ("table",),
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_size = Gauge(
             "online_uuid_batch_size", "Current adaptive batch size in rows.", ("table",), registry=r
         )
         self.throttled = Gauge(
-            "online_uuid_throttled", "1 while the backfill is held back for this reason.",
-            ("reason",), registry=r,
+            "online_uuid_throttled",
+            "1 while the backfill is held back for this reason.",
+            ("reason",),
+            registry=r,
         )
-        self.phase = Gauge("online_uuid_phase", "1 for the migration's current phase.", ("phase",),
-                           registry=r)
-        self.eta = Gauge("online_uuid_eta_seconds", "Estimated seconds until the backfill ends.",
-                         registry=r)
+        self.phase = Gauge(
+            "online_uuid_phase", "1 for the migration's current phase.", ("phase",), registry=r
+        )
+        self.eta = Gauge("online_uuid_eta_seconds", "Estimated seconds until the backfill ends.", registry=r)
         self.replication_lag = Gauge(
-            "online_uuid_replication_lag_seconds", "Replay lag of each standby watched.",
-            ("replica",), registry=r,
+            "online_uuid_replication_lag_seconds",
+            "Replay lag of each standby watched.",
+            ("replica",),
+            registry=r,
         )
         self.errors = Counter(
             "online_uuid_errors", "Errors met (transient ones are retried).", ("kind",), registry=r
         )
         self.lock_held = Gauge(
-            "online_uuid_cutover_lock_held_seconds", "How long the last cutover held its locks.",
+            "online_uuid_cutover_lock_held_seconds",
+            "How long the last cutover held its locks.",
             registry=r,
         )
         self.cutover_attempts = Counter(
-            "online_uuid_cutover_attempts", "Cutover lock attempts by outcome.", ("outcome",),
+            "online_uuid_cutover_attempts",
+            "Cutover lock attempts by outcome.",
+            ("outcome",),
             registry=r,
         )
         self.dead_tuples = Gauge(
-            "online_uuid_dead_tuples", "n_dead_tup of each table being backfilled.", ("table",),
+            "online_uuid_dead_tuples",
+            "n_dead_tup of each table being backfilled.",
+            ("table",),
             registry=r,
         )
         self.paused = Gauge("online_uuid_paused", "1 while the migration is paused.", registry=r)

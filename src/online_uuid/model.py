@@ -19,8 +19,9 @@ RESERVED = frozenset(
     distinct do else end except false fetch for foreign freeze from full grant group having ilike in
     initially inner intersect into is isnull join lateral leading left like limit localtime
     localtimestamp natural not notnull null offset on only or order outer overlaps placing primary
-    references returning right select session_user similar some symmetric system_user table tablesample
-    then to trailing true union unique user using variadic verbose when where window with""".split()
+    references returning right select session_user similar some symmetric system_user table
+    tablesample then to trailing true union unique user using variadic verbose when where window
+    with""".split()  # noqa: SIM905 - a word list reads better as text
 )
 
 
@@ -273,8 +274,13 @@ def backfill_jobs(plan: Plan) -> list[BackfillJob]:
     for k in sorted(plan.keys, key=lambda k: (k.level, k.table)):
         jobs.append(
             BackfillJob(
-                job_id=f"key:{k.key}", kind="key", table=k.table, column=k.column,
-                shadow=k.shadow, batch_column=k.column, level=k.level,
+                job_id=f"key:{k.key}",
+                kind="key",
+                table=k.table,
+                column=k.column,
+                shadow=k.shadow,
+                batch_column=k.column,
+                level=k.level,
             )
         )
     for f in sorted(plan.foreign_keys, key=lambda f: (f.table, f.column)):
@@ -282,9 +288,16 @@ def backfill_jobs(plan: Plan) -> list[BackfillJob]:
         assert parent is not None
         jobs.append(
             BackfillJob(
-                job_id=f"fk:{f.key}", kind="fk", table=f.table, column=f.column, shadow=f.shadow,
-                batch_column=f.batch_column, ref_table=f.ref_table, ref_column=f.ref_column,
-                ref_shadow=parent.shadow, level=parent.level + 1,
+                job_id=f"fk:{f.key}",
+                kind="fk",
+                table=f.table,
+                column=f.column,
+                shadow=f.shadow,
+                batch_column=f.batch_column,
+                ref_table=f.ref_table,
+                ref_column=f.ref_column,
+                ref_shadow=parent.shadow,
+                level=parent.level + 1,
             )
         )
     return jobs

@@ -108,9 +108,17 @@ class _Builder:
         seq = pk["sequence"]
         self.keys.append(
             KeyConversion(
-                table=info.ref, column=column, type=type_, shadow=shadow_column(column),
-                retired=retired_column(column), constraint=pk["conname"], identity=pk["identity"] or "",
-                sequence=seq, default=pk["default_expr"], rows=info.rows, bytes=info.bytes,
+                table=info.ref,
+                column=column,
+                type=type_,
+                shadow=shadow_column(column),
+                retired=retired_column(column),
+                constraint=pk["conname"],
+                identity=pk["identity"] or "",
+                sequence=seq,
+                default=pk["default_expr"],
+                rows=info.rows,
+                bytes=info.bytes,
             )
         )
         self._add_referencing_fks(info, column, attnum)
@@ -157,12 +165,20 @@ class _Builder:
             self.converted.setdefault(child.oid, {})[child_att] = "fk"
             self.fks.append(
                 ForeignKeyConversion(
-                    name=fk["conname"], table=child.ref, column=col["attname"],
-                    shadow=shadow_column(col["attname"]), retired=retired_column(col["attname"]),
-                    ref_table=parent.ref, ref_column=column, on_delete=fk["on_delete"],
-                    on_update=fk["on_update"], deferrable=fk["condeferrable"],
-                    initially_deferred=fk["condeferred"], not_null=col["attnotnull"],
-                    batch_column=batch, table_rows=child.rows,
+                    name=fk["conname"],
+                    table=child.ref,
+                    column=col["attname"],
+                    shadow=shadow_column(col["attname"]),
+                    retired=retired_column(col["attname"]),
+                    ref_table=parent.ref,
+                    ref_column=column,
+                    on_delete=fk["on_delete"],
+                    on_update=fk["on_update"],
+                    deferrable=fk["condeferrable"],
+                    initially_deferred=fk["condeferred"],
+                    not_null=col["attnotnull"],
+                    batch_column=batch,
+                    table_rows=child.rows,
                     final_on_delete="c" if self.cascade else fk["on_delete"],
                 )
             )
@@ -219,9 +235,7 @@ class _Builder:
                 f"index {name} on {info.ref} uses a converted column in an expression; drop it before "
                 "the migration and recreate it after cutover"
             )
-        if idx["predicate"] and any(
-            c in idx["predicate"] for c in self._converted_names(info.oid)
-        ):
+        if idx["predicate"] and any(c in idx["predicate"] for c in self._converted_names(info.oid)):
             raise PlanError(
                 f"partial index {name} on {info.ref} names a converted column in its WHERE clause; "
                 "drop it before the migration and recreate it after cutover"
@@ -240,11 +254,19 @@ class _Builder:
         converted = set(self._converted_names(info.oid))
         opts = [int(o) for o in idx["indoption"]]
         self.indexes[(info.ref, name)] = IndexTwin(
-            table=info.ref, name=name, twin=twin_index(name), columns=tuple(idx["columns"][:nkey]),
-            include=tuple(idx["columns"][nkey:]), unique=idx["indisunique"], method=idx["method"],
-            constraint=idx["conname"], constraint_type=idx["contype"] or "",
-            deferrable=bool(idx["condeferrable"]), initially_deferred=bool(idx["condeferred"]),
-            predicate=idx["predicate"], descending=tuple(bool(o & 1) for o in opts[:nkey]),
+            table=info.ref,
+            name=name,
+            twin=twin_index(name),
+            columns=tuple(idx["columns"][:nkey]),
+            include=tuple(idx["columns"][nkey:]),
+            unique=idx["indisunique"],
+            method=idx["method"],
+            constraint=idx["conname"],
+            constraint_type=idx["contype"] or "",
+            deferrable=bool(idx["condeferrable"]),
+            initially_deferred=bool(idx["condeferred"]),
+            predicate=idx["predicate"],
+            descending=tuple(bool(o & 1) for o in opts[:nkey]),
             nulls_first=tuple(bool(o & 2) for o in opts[:nkey]),
             opclasses=tuple(
                 None if c in converted else oc
@@ -290,8 +312,13 @@ class _Builder:
             return
         v = catalog.read_view(self.conn, oid)
         self.views[oid] = DependentView(
-            view=TableRef(v["nspname"], v["relname"]), definition=v["definition"], kind=v["relkind"],
-            options=tuple(v["options"]), acl=tuple(v["acl"]), owner=v["owner"], depth=depth,
+            view=TableRef(v["nspname"], v["relname"]),
+            definition=v["definition"],
+            kind=v["relkind"],
+            options=tuple(v["options"]),
+            acl=tuple(v["acl"]),
+            owner=v["owner"],
+            depth=depth,
         )
         for child in catalog.read_views_on_view(self.conn, oid):
             rel = catalog.read_table_by_oid(self.conn, child)
@@ -313,14 +340,10 @@ class _Builder:
                     level[f.table] = max(level[f.table], min(level[f.ref_table] + 1, len(self.keys)))
         from dataclasses import replace
 
-        return sorted(
-            (replace(k, level=level[k.table]) for k in self.keys), key=lambda k: (k.level, k.table)
-        )
+        return sorted((replace(k, level=level[k.table]) for k in self.keys), key=lambda k: (k.level, k.table))
 
     def function_warnings(self) -> None:
-        names = sorted(
-            {k.table.name for k in self.keys} | {f.table.name for f in self.fks}
-        )
+        names = sorted({k.table.name for k in self.keys} | {f.table.name for f in self.fks})
         for fn in catalog.read_functions_naming(self.conn, names):
             self.warnings.append(
                 Warning_(

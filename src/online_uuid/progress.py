@@ -74,9 +74,12 @@ class LogProgress:
             self._last[snap.job_id] = now
         log.info(
             "backfill finished" if snap.done else "backfill progress",
-            job=snap.label, percent=round(100 * min(1.0, snap.fraction), 1),
-            rows_done=snap.rows_done, rows_remaining=snap.rows_remaining,
-            rows_per_s=round(snap.rate or 0.0, 1), eta=_fmt_eta(snap.eta_s),
+            job=snap.label,
+            percent=round(100 * min(1.0, snap.fraction), 1),
+            rows_done=snap.rows_done,
+            rows_remaining=snap.rows_remaining,
+            rows_per_s=round(snap.rate or 0.0, 1),
+            eta=_fmt_eta(snap.eta_s),
         )
 
     def note(self, message: str, **fields: Any) -> None:
@@ -115,8 +118,11 @@ class RichProgress:
                 self._tasks[snap.job_id] = task
             done = 1000 if snap.done else int(1000 * min(1.0, max(0.0, snap.fraction)))
             self._bars.update(
-                task, completed=done, rows=f"{snap.rows_done:,} rows",
-                rate=f"{snap.rate or 0:,.0f} rows/s", eta=_fmt_eta(0 if snap.done else snap.eta_s),
+                task,
+                completed=done,
+                rows=f"{snap.rows_done:,} rows",
+                rate=f"{snap.rate or 0:,.0f} rows/s",
+                eta=_fmt_eta(0 if snap.done else snap.eta_s),
             )
 
     def note(self, message: str, **fields: Any) -> None:

@@ -52,24 +52,40 @@ def print_plan(plan: Plan, console: Console) -> None:
     for i, k in enumerate(plan.keys, 1):
         indent = "  " * k.level + ("└ " if k.level else "")
         default = "identity" if k.identity else (k.default or "-")
-        keys.add_row(str(i), indent + str(k.table), k.column, k.type, f"{k.rows:,}", human_bytes(k.bytes),
-                     k.constraint, default)
+        keys.add_row(
+            str(i),
+            indent + str(k.table),
+            k.column,
+            k.type,
+            f"{k.rows:,}",
+            human_bytes(k.bytes),
+            k.constraint,
+            default,
+        )
     console.print(keys)
     fks = Table(title="Foreign key columns that follow", title_justify="left")
     for col in ("constraint", "column", "references", "on delete", "after cutover", "deferrable", "not null"):
         fks.add_column(col)
     for f in plan.foreign_keys:
-        fks.add_row(f.name, f"{f.table}.{f.column}", f"{f.ref_table}.{f.ref_column}", ACTION_SQL[f.on_delete],
-                    ACTION_SQL[f.final_on_delete or f.on_delete], "yes" if f.deferrable else "no",
-                    "yes" if f.not_null else "no")
+        fks.add_row(
+            f.name,
+            f"{f.table}.{f.column}",
+            f"{f.ref_table}.{f.ref_column}",
+            ACTION_SQL[f.on_delete],
+            ACTION_SQL[f.final_on_delete or f.on_delete],
+            "yes" if f.deferrable else "no",
+            "yes" if f.not_null else "no",
+        )
     console.print(fks if plan.foreign_keys else "No foreign key references these keys.")
     if plan.indexes:
         idx = Table(title="Indexes and constraints rebuilt on the new columns", title_justify="left")
         for col in ("table", "index", "columns", "kind"):
             idx.add_column(col)
-        for i in plan.indexes:
-            kind = {"p": "primary key", "u": "unique constraint"}.get(i.constraint_type, "unique index" if i.unique else "index")
-            idx.add_row(str(i.table), i.name, ", ".join(i.columns), kind)
+        for ix in plan.indexes:
+            kind = {"p": "primary key", "u": "unique constraint"}.get(
+                ix.constraint_type, "unique index" if ix.unique else "index"
+            )
+            idx.add_row(str(ix.table), ix.name, ", ".join(ix.columns), kind)
         console.print(idx)
     for v in plan.views:
         console.print(f"view {v.view} is recreated in the cutover transaction (grants and options kept)")

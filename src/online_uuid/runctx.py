@@ -36,8 +36,15 @@ T = TypeVar("T")
 RETRY_FOR_S = 300.0  # transient errors are retried this long before the backfill gives up
 PUBLISH_EVERY_S = 5.0
 WARN_EVERY_S = 60.0
-ERROR_KINDS = ("deadlock", "serialization", "lock_timeout", "canceled", "server_restart",
-               "connection", "other")
+ERROR_KINDS = (
+    "deadlock",
+    "serialization",
+    "lock_timeout",
+    "canceled",
+    "server_restart",
+    "connection",
+    "other",
+)
 
 
 class ReconnectFailed(psycopg.OperationalError):
@@ -73,8 +80,14 @@ class RunContext:
     """One backfill run: settings, shared pacing, signals and reporting for all workers."""
 
     def __init__(
-        self, dsn: str, mid: str, settings: BackfillSettings, plan: Plan, metrics: Metrics,
-        progress: Progress, stop: threading.Event,
+        self,
+        dsn: str,
+        mid: str,
+        settings: BackfillSettings,
+        plan: Plan,
+        metrics: Metrics,
+        progress: Progress,
+        stop: threading.Event,
     ) -> None:
         self.dsn, self.mid, self.settings, self.plan = dsn, mid, settings, plan
         self.metrics, self.progress, self.stop = metrics, progress, stop
@@ -151,8 +164,9 @@ class Session:
         self.ctx.metrics.errors.labels(kind=kind).inc()
         self.ctx.totals.add_retry()
         first = str(exc).strip().splitlines()[0] if exc and str(exc).strip() else kind
-        log.warning("transient error, retrying", session=self.name, kind=kind, error=first,
-                    attempt=rs.attempt_number)
+        log.warning(
+            "transient error, retrying", session=self.name, kind=kind, error=first, attempt=rs.attempt_number
+        )
         if kind in ("connection", "server_restart") or (self.conn is not None and self.conn.broken):
             self.close()
         if self._on_retry:
@@ -176,8 +190,9 @@ class Board:
         self._published: tuple[float, tuple[str, ...]] = (float("-inf"), ())
         self._warned = float("-inf")
 
-    def post(self, conn: psycopg.Connection, job_id: str, dec: Decision, sig: Signals,
-             rate: float | None) -> None:
+    def post(
+        self, conn: psycopg.Connection, job_id: str, dec: Decision, sig: Signals, rate: float | None
+    ) -> None:
         with self._lock:
             self._decisions[job_id] = dec
             if rate is not None:
@@ -214,17 +229,24 @@ class Board:
         now = time.monotonic()
         holds = [r for r in reasons if r in HOLD_REASONS]
         if holds != [r for r in before if r in HOLD_REASONS]:
-            log.info("backfill held" if holds else "backfill hold released",
-                     reasons=holds, details={r: details[r] for r in holds})
+            log.info(
+                "backfill held" if holds else "backfill hold released",
+                reasons=holds,
+                details={r: details[r] for r in holds},
+            )
         elif reasons != before:
             log.debug("backfill throttle reasons", reasons=list(reasons), details=details)
         if not force and reasons == before and now - at < PUBLISH_EVERY_S:
             return None
         self._published = (now, reasons)
         return {
-            "throttled": bool(reasons), "reasons": list(reasons), "details": details,
-            "rates": dict(self._rates), "rate_rows_per_s": self.ctx.meter.rate,
-            "updated_at": datetime.now(UTC).isoformat(), **self._extra,
+            "throttled": bool(reasons),
+            "reasons": list(reasons),
+            "details": details,
+            "rates": dict(self._rates),
+            "rate_rows_per_s": self.ctx.meter.rate,
+            "updated_at": datetime.now(UTC).isoformat(),
+            **self._extra,
         }
 
     def _report_lag(self, sig: Signals) -> None:
@@ -235,5 +257,6 @@ class Board:
         now = time.monotonic()
         if sig.long_transactions and now - self._warned >= WARN_EVERY_S:
             self._warned = now
-            log.warning("long transactions hold back vacuum (not throttling)",
-                        transactions=sig.long_transactions)
+            log.warning(
+                "long transactions hold back vacuum (not throttling)", transactions=sig.long_transactions
+            )

@@ -64,9 +64,7 @@ def read_throttle_query(conn: psycopg.Connection, query: str) -> float:
     try:
         with conn.transaction():
             conn.execute("SELECT set_config('transaction_read_only', 'on', true)")
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, true)", (THROTTLE_QUERY_TIMEOUT,)
-            )
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (THROTTLE_QUERY_TIMEOUT,))
             row = conn.execute(sql.SQL(query)).fetchone()
     except psycopg.Error as exc:
         if is_transient(exc):
@@ -130,9 +128,7 @@ def read_blocked_by_me(conn: psycopg.Connection) -> int:
 
 
 def read_dead_tuples(conn: psycopg.Connection, table_oid: int) -> int:
-    row = conn.execute(
-        "SELECT n_dead_tup FROM pg_stat_all_tables WHERE relid = %s", (table_oid,)
-    ).fetchone()
+    row = conn.execute("SELECT n_dead_tup FROM pg_stat_all_tables WHERE relid = %s", (table_oid,)).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -150,8 +146,7 @@ def read_barrier_waiters(conn: psycopg.Connection, barrier_at: datetime) -> list
         (barrier_at, barrier_at),
     ).fetchall()
     return [
-        {"pid": p, "application_name": a, "state": s, "age_s": round(age or 0, 1)}
-        for p, a, s, age in rows
+        {"pid": p, "application_name": a, "state": s, "age_s": round(age or 0, 1)} for p, a, s, age in rows
     ]
 
 

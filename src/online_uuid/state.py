@@ -27,9 +27,7 @@ def _t(name: str) -> sql.Identifier:
 
 
 def schema_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f'"{STATE_SCHEMA}".migrations',)
-    ).fetchone()
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{STATE_SCHEMA}".migrations',)).fetchone()
     return bool(row and row[0])
 
 
@@ -166,8 +164,7 @@ def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dic
         ).fetchone()
         what = f" ({owner[1]}.{owner[2]} is in migration {owner[0]!r})" if owner else ""
         raise StateError(
-            f"another unfinished migration already covers these tables{what}; "
-            "finish or roll it back first"
+            f"another unfinished migration already covers these tables{what}; finish or roll it back first"
         ) from None
 
 
@@ -192,9 +189,7 @@ def move(conn: psycopg.Connection, migration_id: str, src: Phase | set[Phase], d
     event(conn, migration_id, "phase", {"to": dst.value})
     if dst in (Phase.FINALIZED, Phase.ROLLED_BACK):
         conn.execute(
-            sql.SQL("UPDATE {} SET active = false WHERE migration_id = %s").format(
-                _t("migration_tables")
-            ),
+            sql.SQL("UPDATE {} SET active = false WHERE migration_id = %s").format(_t("migration_tables")),
             (migration_id,),
         )
 
@@ -209,9 +204,9 @@ def step_done(conn: psycopg.Connection, migration_id: str, step_id: str) -> bool
 
 def mark_step(conn: psycopg.Connection, migration_id: str, step_id: str) -> None:
     conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (migration_id, step_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-        ).format(_t("steps")),
+        sql.SQL("INSERT INTO {} (migration_id, step_id) VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+            _t("steps")
+        ),
         (migration_id, step_id),
     )
 
@@ -219,18 +214,14 @@ def mark_step(conn: psycopg.Connection, migration_id: str, step_id: str) -> None
 def forget_steps(conn: psycopg.Connection, migration_id: str, prefix: str) -> None:
     """Steps of a phase that is being undone, so that a later run redoes them."""
     conn.execute(
-        sql.SQL("DELETE FROM {} WHERE migration_id = %s AND starts_with(step_id, %s)").format(
-            _t("steps")
-        ),
+        sql.SQL("DELETE FROM {} WHERE migration_id = %s AND starts_with(step_id, %s)").format(_t("steps")),
         (migration_id, prefix),
     )
 
 
 def event(conn: psycopg.Connection, migration_id: str, kind: str, detail: dict[str, Any]) -> None:
     conn.execute(
-        sql.SQL("INSERT INTO {} (migration_id, kind, detail) VALUES (%s, %s, %s)").format(
-            _t("events")
-        ),
+        sql.SQL("INSERT INTO {} (migration_id, kind, detail) VALUES (%s, %s, %s)").format(_t("events")),
         (migration_id, kind, Jsonb(json.loads(json.dumps(detail, default=str)))),
     )
 
@@ -241,9 +232,7 @@ def update(conn: psycopg.Connection, migration_id: str, **fields: Any) -> None:
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"not a migration field: {sorted(unknown)}")
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields
-    )
+    assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields)
     values = [Jsonb(v) if isinstance(v, dict) else v for v in fields.values()]
     conn.execute(
         sql.SQL("UPDATE {} SET {}, updated_at = clock_timestamp() WHERE id = %s").format(
@@ -283,8 +272,7 @@ def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 
         ).fetchone()
         who = f" (pid {holder[0]}, {holder[1] or 'no application_name'})" if holder else ""
         raise ConcurrentRunError(
-            f"another online-uuid run is working on migration {migration_id}{who}; "
-            "wait for it or stop it"
+            f"another online-uuid run is working on migration {migration_id}{who}; wait for it or stop it"
         )
     try:
         yield

@@ -9,6 +9,7 @@ from .model import ACTION_SQL, DependentView, ForeignKeyConversion, IndexTwin, K
 from .naming import STATE_SCHEMA
 from .templates import render
 
+Query = sql.SQL | sql.Composed  # what Connection.execute accepts
 Side = str  # "shadow" (the uuid side before cutover) or "retired" (the integer side after it)
 
 
@@ -57,9 +58,7 @@ def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
         sql.SQL(
             "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {} FOR EACH ROW "
             "WHEN (OLD.{} IS NOT NULL AND NEW.{} IS DISTINCT FROM OLD.{}) EXECUTE FUNCTION {}()"
-        ).format(
-            sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(trig)
-        ),
+        ).format(sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(trig)),
     ]
 
 
@@ -86,25 +85,35 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
     ref_shadow = sql.Identifier(col_on(parent, side))
     self_ref: sql.Composable = sql.SQL("")
     if f.table == f.ref_table:
-        self_ref = sql.SQL("ELSIF NEW.{} = NEW.{} AND NEW.{} IS NOT NULL THEN\n        NEW.{} := NEW.{};\n    ").format(
-            column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow
-        )
+        self_ref = sql.SQL(
+            "ELSIF NEW.{} = NEW.{} AND NEW.{} IS NOT NULL THEN\n        NEW.{} := NEW.{};\n    "
+        ).format(column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow)
     stmts = [
         render(
-            "sync_fk_function.sql", function=_fn(trig), column=column, shadow=shadow,
-            ref_table=f.ref_table.ident, ref_column=sql.Identifier(parent.column), ref_shadow=ref_shadow,
+            "sync_fk_function.sql",
+            function=_fn(trig),
+            column=column,
+            shadow=shadow,
+            ref_table=f.ref_table.ident,
+            ref_column=sql.Identifier(parent.column),
+            ref_shadow=ref_shadow,
             self_ref=self_ref,
         ),
-        sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(trig), column, f.table.ident, _fn(trig)
-        ),
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(trig), column, f.table.ident, _fn(trig)),
     ]
     if needs_fixup(f):
         fix = naming.fk_fixup_trigger(f.table, f.column)
         stmts += [
             render(
-                "fixup_fk_function.sql", function=_fn(fix), table=f.table.ident, column=column,
-                shadow=shadow, ref_table=f.ref_table.ident, ref_column=sql.Identifier(parent.column),
+                "fixup_fk_function.sql",
+                function=_fn(fix),
+                table=f.table.ident,
+                column=column,
+                shadow=shadow,
+                ref_table=f.ref_table.ident,
+                ref_column=sql.Identifier(parent.column),
                 ref_shadow=ref_shadow,
             ),
             sql.SQL(
@@ -185,8 +194,11 @@ def build_twin_index(plan: Plan, ix: IndexTwin, side: Side) -> sql.Composed:
             piece.append(sql.SQL("NULLS FIRST" if ix.nulls_first[i] else "NULLS LAST"))
         parts.append(sql.SQL(" ").join(piece))
     q = sql.SQL("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
-        sql.SQL("UNIQUE " if ix.unique else ""), sql.Identifier(ix.twin), ix.table.ident,
-        sql.SQL(ix.method), sql.SQL(", ").join(parts),
+        sql.SQL("UNIQUE " if ix.unique else ""),
+        sql.Identifier(ix.twin),
+        ix.table.ident,
+        sql.SQL(ix.method),
+        sql.SQL(", ").join(parts),
     )
     if ix.include:
         q = sql.SQL("{} INCLUDE ({})").format(
@@ -209,7 +221,12 @@ def prepared_fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
 
 
 def build_foreign_key(
-    plan: Plan, f: ForeignKeyConversion, side: Side, name: str, actions: tuple[str, str], *,
+    plan: Plan,
+    f: ForeignKeyConversion,
+    side: Side,
+    name: str,
+    actions: tuple[str, str],
+    *,
     live: bool = False,
 ) -> sql.Composed:
     """FK on the `side` columns NOT VALID (validated online afterwards); `live` uses the original names."""
@@ -224,8 +241,13 @@ def build_foreign_key(
         "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
         "ON DELETE {} ON UPDATE {}{} NOT VALID"
     ).format(
-        f.table.ident, sql.Identifier(name), sql.Identifier(child_col), f.ref_table.ident,
-        sql.Identifier(parent_col), sql.SQL(ACTION_SQL[actions[0]]), sql.SQL(ACTION_SQL[actions[1]]),
+        f.table.ident,
+        sql.Identifier(name),
+        sql.Identifier(child_col),
+        f.ref_table.ident,
+        sql.Identifier(parent_col),
+        sql.SQL(ACTION_SQL[actions[0]]),
+        sql.SQL(ACTION_SQL[actions[1]]),
         deferrable,
     )
 
@@ -246,7 +268,11 @@ def build_rename_column(table: TableRef, old: str, new: str) -> sql.Composed:
 
 
 def build_set_not_null(table: TableRef, column: str, on: bool = True) -> sql.Composed:
-    q = "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL" if on else "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL"
+    q = (
+        "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL"
+        if on
+        else "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL"
+    )
     return sql.SQL(q).format(table.ident, sql.Identifier(column))
 
 
@@ -262,7 +288,10 @@ def build_constraint_using(ix: IndexTwin) -> sql.Composed:
     if ix.deferrable:
         deferrable = " DEFERRABLE INITIALLY DEFERRED" if ix.initially_deferred else " DEFERRABLE"
     return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
-        ix.table.ident, sql.Identifier(ix.constraint or ix.name), sql.SQL(kind), sql.Identifier(ix.twin),
+        ix.table.ident,
+        sql.Identifier(ix.constraint or ix.name),
+        sql.SQL(kind),
+        sql.Identifier(ix.twin),
         sql.SQL(deferrable),
     )
 
@@ -272,7 +301,9 @@ def build_drop_index(table: TableRef, index: str) -> sql.Composed:
 
 
 def build_rename_index(table: TableRef, old: str, new: str) -> sql.Composed:
-    return sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(table.schema, old), sql.Identifier(new))
+    return sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+        sql.Identifier(table.schema, old), sql.Identifier(new)
+    )
 
 
 def build_rename_constraint(table: TableRef, old: str, new: str) -> sql.Composed:
@@ -287,19 +318,29 @@ def build_drop_view(view: TableRef) -> sql.Composed:
 
 def build_create_view(v: DependentView, definition: str) -> list[sql.Composed]:
     """Recreate a view from its captured text, with its options, owner and grants."""
-    opts = sql.SQL("")
+    opts: sql.Composable = sql.SQL("")
     if v.options:
         opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
     stmts = [
-        sql.SQL("CREATE VIEW {}{} AS {}").format(v.view.ident, opts, sql.SQL(definition.rstrip().rstrip(";"))),
+        sql.SQL("CREATE VIEW {}{} AS {}").format(
+            v.view.ident, opts, sql.SQL(definition.rstrip().rstrip(";"))
+        ),
         sql.SQL("ALTER VIEW {} OWNER TO {}").format(v.view.ident, sql.Identifier(v.owner)),
     ]
     stmts += [build_grant(v.view, item) for item in v.acl]
     return stmts
 
 
-_PRIVS = {"a": "INSERT", "r": "SELECT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE", "x": "REFERENCES",
-          "t": "TRIGGER", "m": "MAINTAIN"}
+_PRIVS = {
+    "a": "INSERT",
+    "r": "SELECT",
+    "w": "UPDATE",
+    "d": "DELETE",
+    "D": "TRUNCATE",
+    "x": "REFERENCES",
+    "t": "TRIGGER",
+    "m": "MAINTAIN",
+}
 
 
 def build_grant(view: TableRef, aclitem: str) -> sql.Composed:
@@ -308,4 +349,6 @@ def build_grant(view: TableRef, aclitem: str) -> sql.Composed:
     privs = rest.split("/")[0]
     names = [_PRIVS[c] for c in privs if c in _PRIVS]
     who: sql.Composable = sql.SQL("PUBLIC") if not grantee else sql.Identifier(grantee.strip('"'))
-    return sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(sql.SQL(n) for n in names), view.ident, who)
+    return sql.SQL("GRANT {} ON {} TO {}").format(
+        sql.SQL(", ").join(sql.SQL(n) for n in names), view.ident, who
+    )

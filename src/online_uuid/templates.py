@@ -21,4 +21,4 @@ def _text(name: str) -> str:
 
 def render(name: str, **parts: Any) -> sql.Composed:
     """The template with each placeholder filled by an Identifier, Literal or SQL fragment."""
-    return sql.SQL(_text(name)).format(**parts)  # type: ignore[arg-type]
+    return sql.SQL(_text(name)).format(**parts)

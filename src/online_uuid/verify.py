@@ -47,9 +47,13 @@ class VerifyReport:
     def first_problem(self) -> str:
         for c in self.checks:
             if not c.ok:
-                what = (f"{c.missing} rows without a UUID" if c.missing else
-                        f"{c.duplicates} duplicate UUIDs" if c.duplicates else
-                        f"{c.mismatched} rows whose UUID differs from the parent's")
+                what = (
+                    f"{c.missing} rows without a UUID"
+                    if c.missing
+                    else f"{c.duplicates} duplicate UUIDs"
+                    if c.duplicates
+                    else f"{c.mismatched} rows whose UUID differs from the parent's"
+                )
                 return f"{c.table}.{c.column}: {what}, first: {c.samples[:SAMPLE]}"
         return ""
 
@@ -71,44 +75,80 @@ def check_key(conn: psycopg.Connection, k: KeyConversion, shadow: str) -> Check:
     key, sh = sql.Identifier(k.column), sql.Identifier(shadow)
     for lo, hi in _walk(conn, k.table, k.column):
         row = conn.execute(
-            sql.SQL("SELECT count(*), count(*) FILTER (WHERE {s} IS NULL) FROM {t} WHERE {k} BETWEEN %s AND %s").format(
-                s=sh, t=k.table.ident, k=key), (lo, hi)).fetchone()
+            sql.SQL(
+                "SELECT count(*), count(*) FILTER (WHERE {s} IS NULL) FROM {t} WHERE {k} BETWEEN %s AND %s"
+            ).format(s=sh, t=k.table.ident, k=key),
+            (lo, hi),
+        ).fetchone()
         assert row is not None
         c.rows += row[0]
         c.missing += row[1]
         if row[1] and len(c.samples) < SAMPLE:
-            rows = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {k} BETWEEN %s AND %s AND {s} IS NULL LIMIT 5").format(
-                k=key, t=k.table.ident, s=sh), (lo, hi)).fetchall()
+            rows = conn.execute(
+                sql.SQL("SELECT {k} FROM {t} WHERE {k} BETWEEN %s AND %s AND {s} IS NULL LIMIT 5").format(
+                    k=key, t=k.table.ident, s=sh
+                ),
+                (lo, hi),
+            ).fetchall()
             c.samples += [{k.column: r[0]} for r in rows]
-    dup = conn.execute(sql.SQL(
-        "SELECT {s}::text, count(*) FROM {t} WHERE {s} IS NOT NULL GROUP BY {s} HAVING count(*) > 1 LIMIT 5"
-    ).format(s=sh, t=k.table.ident)).fetchall()
+    dup = conn.execute(
+        sql.SQL(
+            "SELECT {s}::text, count(*) FROM {t} WHERE {s} IS NOT NULL "
+            "GROUP BY {s} HAVING count(*) > 1 LIMIT 5"
+        ).format(s=sh, t=k.table.ident)
+    ).fetchall()
     c.duplicates = len(dup)
     c.samples += [{shadow: d[0], "copies": d[1]} for d in dup]
     return c
 
 
-def check_fk(conn: psycopg.Connection, plan: Plan, f: ForeignKeyConversion, fk_shadow: str, key_shadow: str,
-             fk_column: str, key_column: str, batch_column: str) -> Check:
+def check_fk(
+    conn: psycopg.Connection,
+    plan: Plan,
+    f: ForeignKeyConversion,
+    fk_shadow: str,
+    key_shadow: str,
+    fk_column: str,
+    key_column: str,
+    batch_column: str,
+) -> Check:
     """Child rows whose shadow FK is not the parent's shadow key, by join in keyset batches."""
     c = Check(str(f.table), fk_shadow)
     b = sql.Identifier(batch_column)
     q = sql.SQL(
         "SELECT count(*), count(*) FILTER (WHERE c.{cs} IS DISTINCT FROM p.{ps}) FROM {ct} c "
         "LEFT JOIN {pt} p ON p.{pk} = c.{fk} WHERE c.{b} BETWEEN %s AND %s"
-    ).format(cs=sql.Identifier(fk_shadow), ps=sql.Identifier(key_shadow), ct=f.table.ident, pt=f.ref_table.ident,
-             pk=sql.Identifier(key_column), fk=sql.Identifier(fk_column), b=b)
+    ).format(
+        cs=sql.Identifier(fk_shadow),
+        ps=sql.Identifier(key_shadow),
+        ct=f.table.ident,
+        pt=f.ref_table.ident,
+        pk=sql.Identifier(key_column),
+        fk=sql.Identifier(fk_column),
+        b=b,
+    )
     for lo, hi in _walk(conn, f.table, batch_column):
         row = conn.execute(q, (lo, hi)).fetchone()
         assert row is not None
         c.rows += row[0]
         c.mismatched += row[1]
         if row[1] and len(c.samples) < SAMPLE:
-            bad = conn.execute(sql.SQL(
-                "SELECT c.{b}, c.{fk}, c.{cs}::text, p.{ps}::text FROM {ct} c LEFT JOIN {pt} p ON p.{pk} = c.{fk} "
-                "WHERE c.{b} BETWEEN %s AND %s AND c.{cs} IS DISTINCT FROM p.{ps} LIMIT 5"
-            ).format(b=b, fk=sql.Identifier(fk_column), cs=sql.Identifier(fk_shadow), ps=sql.Identifier(key_shadow),
-                     ct=f.table.ident, pt=f.ref_table.ident, pk=sql.Identifier(key_column)), (lo, hi)).fetchall()
+            bad = conn.execute(
+                sql.SQL(
+                    "SELECT c.{b}, c.{fk}, c.{cs}::text, p.{ps}::text "
+                    "FROM {ct} c LEFT JOIN {pt} p ON p.{pk} = c.{fk} "
+                    "WHERE c.{b} BETWEEN %s AND %s AND c.{cs} IS DISTINCT FROM p.{ps} LIMIT 5"
+                ).format(
+                    b=b,
+                    fk=sql.Identifier(fk_column),
+                    cs=sql.Identifier(fk_shadow),
+                    ps=sql.Identifier(key_shadow),
+                    ct=f.table.ident,
+                    pt=f.ref_table.ident,
+                    pk=sql.Identifier(key_column),
+                ),
+                (lo, hi),
+            ).fetchall()
             c.samples += [{batch_column: r[0], f.column: r[1], "shadow": r[2], "parent": r[3]} for r in bad]
     return c
 
@@ -126,5 +166,7 @@ def run_verify(conn: psycopg.Connection, plan: Plan, cut_over: bool = False) -> 
             batch = renamed(plan, f.table, f.batch_column, "retired")
             checks.append(check_fk(conn, plan, f, f.retired, parent.retired, f.column, parent.column, batch))
         else:
-            checks.append(check_fk(conn, plan, f, f.shadow, parent.shadow, f.column, parent.column, f.batch_column))
+            checks.append(
+                check_fk(conn, plan, f, f.shadow, parent.shadow, f.column, parent.column, f.batch_column)
+            )
     return VerifyReport(checks)

@@ -53,8 +53,9 @@ class Worker:
         self.session = Session(ctx, job.job_id, on_retry=self._on_retry)
         self.label = f"{job.table.display()}.{job.shadow}"
         s = ctx.settings
-        self.sizer = BatchSizer(s.target_batch_ms / 1000, s.min_batch_size, s.max_batch_size,
-                                s.initial_batch_size)
+        self.sizer = BatchSizer(
+            s.target_batch_ms / 1000, s.min_batch_size, s.max_batch_size, s.initial_batch_size
+        )
         self.meter = RateMeter()
         self.update = batch.update_sql(job, ctx.plan.generator)
         self.finished = False
@@ -118,8 +119,12 @@ class Worker:
                 )
             eff = self._effective(rt.throttle)
             ctx.metrics.paused.set(1 if rt.paused else 0)
-            sig = Signals(paused=True) if rt.paused else self.session.call(
-                lambda _c: ctx.reader.read(eff, self.oid)  # noqa: B023 - called at once
+            sig = (
+                Signals(paused=True)
+                if rt.paused
+                else self.session.call(
+                    lambda _c: ctx.reader.read(eff, self.oid)  # noqa: B023 - called at once
+                )
             )
             if first:
                 sig.pacing_sleep_s, sig.last_batch_s = last.pacing_s, last.elapsed_s
@@ -127,8 +132,15 @@ class Worker:
             dec = decide(sig, eff)
             if first or dec.hold or held:  # a re-check after a plain sleep changes nothing
                 held = dec.hold
-                self.session.call(lambda c: ctx.board.post(c, self.job.job_id, dec, sig,  # noqa: B023
-                                                           self.meter.rate))
+                self.session.call(
+                    lambda c: ctx.board.post(
+                        c,
+                        self.job.job_id,
+                        dec,  # noqa: B023 - called at once
+                        sig,  # noqa: B023
+                        self.meter.rate,
+                    )
+                )
             if dec.sleep_s > 0:
                 ctx.totals.add_throttle(dec.reasons, dec.sleep_s)
                 if ctx.sleep(dec.sleep_s):
@@ -157,8 +169,12 @@ class Worker:
         self.sizer.observe(elapsed, full=not res.finished)
         if res.blocked:
             self.sizer.shrink()
-            log.info("backfill batch blocked other sessions; backing off", job=self.label,
-                     sessions=res.blocked, batch_size=self.sizer.size)
+            log.info(
+                "backfill batch blocked other sessions; backing off",
+                job=self.label,
+                sessions=res.blocked,
+                batch_size=self.sizer.size,
+            )
         self._account(res, elapsed, st)
         self._maybe_vacuum(st, eff)
         return _Last(ctx.pacer.book(res.rows, eff.max_rows_per_second), elapsed, res.blocked)
@@ -177,14 +193,22 @@ class Worker:
         frac = 1.0 if st.done else key_fraction(st.min_key, st.max_key, st.next_key)
         remaining = 0 if st.done else int(st.rows_estimate * (1 - frac))
         rate = self.meter.add(rows)
-        self.ctx.metrics.rows_remaining.labels(
-            table=self.job.table.display(), column=self.job.column
-        ).set(remaining)
+        self.ctx.metrics.rows_remaining.labels(table=self.job.table.display(), column=self.job.column).set(
+            remaining
+        )
         self.ctx.set_remaining(self.job.job_id, remaining, rows)
-        self.ctx.progress.job(JobProgress(
-            self.job.job_id, self.label, frac, st.rows_done, remaining, rate,
-            eta_seconds(remaining, rate), st.done,
-        ))
+        self.ctx.progress.job(
+            JobProgress(
+                self.job.job_id,
+                self.label,
+                frac,
+                st.rows_done,
+                remaining,
+                rate,
+                eta_seconds(remaining, rate),
+                st.done,
+            )
+        )
 
     def _read_dead_tuples(self) -> None:
         self._dead_at = time.monotonic()
@@ -203,5 +227,9 @@ class Worker:
         self.session.call(lambda c: batch.set_vacuumed(c, self.ctx.mid, self.job.job_id, pct))
         st.vacuumed_at_pct = pct
         self._read_dead_tuples()
-        log.info("vacuumed", table=self.job.table.display(), at_percent=round(pct, 1),
-                 seconds=round(time.monotonic() - t0, 2))
+        log.info(
+            "vacuumed",
+            table=self.job.table.display(),
+            at_percent=round(pct, 1),
+            seconds=round(time.monotonic() - t0, 2),
+        )

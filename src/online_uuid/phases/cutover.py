@@ -22,12 +22,18 @@ from ..catalog import read_table_ref
 from ..errors import LockTimeoutError, StateError
 from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers, terminate_long_blockers
 from ..metrics import Metrics
-from ..model import Phase, Plan, TableRef
+from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, TableRef
 from ..settings import CutoverSettings
+from ..statements import Query
 
 log = structlog.get_logger("online_uuid")
 
 FORWARD, REVERSE = "shadow", "retired"
+
+
+def _items(plan: Plan) -> list[KeyConversion | ForeignKeyConversion]:
+    """Every converted column: keys, then foreign keys."""
+    return [*plan.keys, *plan.foreign_keys]
 
 
 def other(side: str) -> str:
@@ -40,41 +46,91 @@ def prepare_steps(plan: Plan, side: str) -> list[Step]:
     steps: list[Step] = []
     for k in plan.keys:
         uq = naming.unique_index(k.table, k.column)
-        steps.append(Step(f"{p}:uq:{k.key}", (s.build_unique_index(k, side),), (k.table,), ONLINE,
-                          f"unique index {uq}", index=(k.table, uq)))
+        steps.append(
+            Step(
+                f"{p}:uq:{k.key}",
+                (s.build_unique_index(k, side),),
+                (k.table,),
+                ONLINE,
+                f"unique index {uq}",
+                index=(k.table, uq),
+            )
+        )
         if side == FORWARD:
-            steps += _not_null_steps(p, k.table, s.col_on(k, side), naming.not_null_check(k.table, k.column), k.key)
+            steps += _not_null_steps(
+                p, k.table, s.col_on(k, side), naming.not_null_check(k.table, k.column), k.key
+            )
     for f in plan.foreign_keys:
         if f.not_null:
-            steps += _not_null_steps(p, f.table, s.col_on(f, side), naming.not_null_check(f.table, f.column), f.key)
+            steps += _not_null_steps(
+                p, f.table, s.col_on(f, side), naming.not_null_check(f.table, f.column), f.key
+            )
     for ix in plan.indexes:
-        steps.append(Step(f"{p}:twin:{ix.table}:{ix.name}", (s.build_twin_index(plan, ix, side),), (ix.table,),
-                          ONLINE, f"twin of index {ix.name}", index=(ix.table, ix.twin)))
+        steps.append(
+            Step(
+                f"{p}:twin:{ix.table}:{ix.name}",
+                (s.build_twin_index(plan, ix, side),),
+                (ix.table,),
+                ONLINE,
+                f"twin of index {ix.name}",
+                index=(ix.table, ix.twin),
+            )
+        )
     for f in plan.foreign_keys:
         name = naming.shadow_fk(f.name)
         add = s.build_foreign_key(plan, f, side, name, s.prepared_fk_actions(f, side))
-        steps.append(Step(f"{p}:fk:{f.key}", (s.build_drop_constraint(f.table, name, if_exists=True), add),
-                          (f.table, f.ref_table), DDL, f"foreign key {name} NOT VALID"))
-        steps.append(Step(f"{p}:fkvalid:{f.key}", (s.build_validate(f.table, name),), (f.table,), ONLINE,
-                          f"validate {name}"))
+        steps.append(
+            Step(
+                f"{p}:fk:{f.key}",
+                (s.build_drop_constraint(f.table, name, if_exists=True), add),
+                (f.table, f.ref_table),
+                DDL,
+                f"foreign key {name} NOT VALID",
+            )
+        )
+        steps.append(
+            Step(
+                f"{p}:fkvalid:{f.key}",
+                (s.build_validate(f.table, name),),
+                (f.table,),
+                ONLINE,
+                f"validate {name}",
+            )
+        )
     return steps
 
 
 def _not_null_steps(prefix: str, table: TableRef, column: str, check: str, key: str) -> list[Step]:
     return [
-        Step(f"{prefix}:nn:{key}", (s.build_drop_constraint(table, check, if_exists=True),
-                                    s.build_not_null_check(table, column, check)), (table,), DDL,
-             f"NOT NULL proof on {table}.{column}"),
-        Step(f"{prefix}:nnvalid:{key}", (s.build_validate(table, check),), (table,), ONLINE, f"validate {check}"),
+        Step(
+            f"{prefix}:nn:{key}",
+            (
+                s.build_drop_constraint(table, check, if_exists=True),
+                s.build_not_null_check(table, column, check),
+            ),
+            (table,),
+            DDL,
+            f"NOT NULL proof on {table}.{column}",
+        ),
+        Step(
+            f"{prefix}:nnvalid:{key}",
+            (s.build_validate(table, check),),
+            (table,),
+            ONLINE,
+            f"validate {check}",
+        ),
     ]
 
 
 def swap_statements(
-    plan: Plan, side: str, view_defs: dict[TableRef, str], not_null_renames: list[sql.Composable] | None = None
-) -> list[sql.Composable]:
+    plan: Plan,
+    side: str,
+    view_defs: dict[TableRef, str],
+    not_null_renames: list[Query] | None = None,
+) -> list[Query]:
     """The body of the swap transaction, after LOCK: catalog changes only, never a table scan."""
     out = other(side)
-    st: list[sql.Composable] = []
+    st: list[Query] = []
     for v in sorted(plan.views, key=lambda v: -v.depth):
         st.append(s.build_drop_view(v.view))
     for f in plan.foreign_keys:
@@ -85,10 +141,14 @@ def swap_statements(
     for f in plan.foreign_keys:
         st.append(s.build_drop_constraint(f.table, f.name))
     for ix in plan.indexes:
-        st.append(s.build_drop_constraint(ix.table, ix.constraint) if ix.constraint else s.build_drop_index(ix.table, ix.name))
+        st.append(
+            s.build_drop_constraint(ix.table, ix.constraint)
+            if ix.constraint
+            else s.build_drop_index(ix.table, ix.name)
+        )
     for k in plan.keys:
         st.append(s.build_drop_constraint(k.table, k.constraint))
-    for item in (*plan.keys, *plan.foreign_keys):
+    for item in _items(plan):
         st.append(s.build_rename_column(item.table, item.column, s.col_on(item, out)))
         st.append(s.build_rename_column(item.table, s.col_on(item, side), item.column))
     st += not_null_renames or []
@@ -104,7 +164,11 @@ def swap_statements(
     for k in plan.keys:
         st.append(s.build_primary_key_using(k.table, k.constraint, naming.unique_index(k.table, k.column)))
     for ix in plan.indexes:
-        st.append(s.build_constraint_using(ix) if ix.constraint else s.build_rename_index(ix.table, ix.twin, ix.name))
+        st.append(
+            s.build_constraint_using(ix)
+            if ix.constraint
+            else s.build_rename_index(ix.table, ix.twin, ix.name)
+        )
     for f in plan.foreign_keys:
         st += _final_fk(plan, f, side)
     for v in sorted(plan.views, key=lambda v: v.depth):
@@ -117,7 +181,7 @@ def swap_statements(
     return st
 
 
-def _final_fk(plan: Plan, f: Any, side: str) -> list[sql.Composable]:
+def _final_fk(plan: Plan, f: Any, side: str) -> list[Query]:
     prepared = naming.shadow_fk(f.name)
     if s.prepared_fk_actions(f, side) == s.fk_actions(f, side):
         return [s.build_rename_constraint(f.table, prepared, f.name)]
@@ -130,8 +194,13 @@ def _final_fk(plan: Plan, f: Any, side: str) -> list[sql.Composable]:
 def post_steps(plan: Plan, side: str) -> list[Step]:
     """FKs recreated NOT VALID in the swap (their actions changed) are validated online after it."""
     return [
-        Step(f"post:{side}:fkvalid:{f.key}", (s.build_validate(f.table, f.name),), (f.table,), ONLINE,
-             f"validate {f.name}")
+        Step(
+            f"post:{side}:fkvalid:{f.key}",
+            (s.build_validate(f.table, f.name),),
+            (f.table,),
+            ONLINE,
+            f"validate {f.name}",
+        )
         for f in plan.foreign_keys
         if s.prepared_fk_actions(f, side) != s.fk_actions(f, side)
     ]
@@ -144,7 +213,7 @@ class SwapResult:
     blockers_terminated: list[int] = field(default_factory=list)
 
 
-def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[sql.Composable]:
+def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[Query]:
     """PostgreSQL 18 names NOT NULL constraints after their column: carry the names through the renames.
 
     Without this the new key's constraint would be `<table>_<col>_not_null1` and the retired column
@@ -153,29 +222,39 @@ def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[s
     if conn.info.server_version < 180000:
         return []
     out_side = other(side)
-    first: list[sql.Composable] = []
-    then: list[sql.Composable] = []
-    for i, item in enumerate((*plan.keys, *plan.foreign_keys)):
-        names = dict(conn.execute(
-            "SELECT a.attname, c.conname FROM pg_constraint c JOIN pg_attribute a "
-            "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-            "WHERE c.contype = 'n' AND c.conrelid = to_regclass(%s) AND a.attname = ANY(%s)",
-            (item.table.ident.as_string(conn), [item.column, s.col_on(item, side)]),
-        ).fetchall())
+    first: list[Query] = []
+    then: list[Query] = []
+    for i, item in enumerate(_items(plan)):
+        names: dict[str, str] = dict(
+            conn.execute(
+                "SELECT a.attname, c.conname FROM pg_constraint c JOIN pg_attribute a "
+                "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+                "WHERE c.contype = 'n' AND c.conrelid = to_regclass(%s) AND a.attname = ANY(%s)",
+                (item.table.ident.as_string(conn), [item.column, s.col_on(item, side)]),
+            ).fetchall()
+        )
         live, incoming = names.get(item.column), names.get(s.col_on(item, side))
         tmp = naming.fit(f"ou_nn_{i}")
         if live:  # now on the outgoing column
             first.append(s.build_rename_constraint(item.table, live, tmp))
-            then.append(s.build_rename_constraint(item.table, tmp, naming.not_null_name(item.table, s.col_on(item, out_side))))
+            then.append(
+                s.build_rename_constraint(
+                    item.table, tmp, naming.not_null_name(item.table, s.col_on(item, out_side))
+                )
+            )
         if incoming:  # now on the live column
-            first.append(s.build_rename_constraint(item.table, incoming, naming.not_null_name(item.table, item.column)))
+            first.append(
+                s.build_rename_constraint(item.table, incoming, naming.not_null_name(item.table, item.column))
+            )
     return first + then
 
 
 def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
     defs: dict[TableRef, str] = {}
     for v in plan.views:
-        row = conn.execute("SELECT pg_get_viewdef(to_regclass(%s))", (v.view.ident.as_string(conn),)).fetchone()
+        row = conn.execute(
+            "SELECT pg_get_viewdef(to_regclass(%s))", (v.view.ident.as_string(conn),)
+        ).fetchone()
         if row is None or row[0] is None:
             raise StateError(f"view {v.view} disappeared since the plan was made; recreate it or roll back")
         defs[v.view] = row[0]
@@ -183,8 +262,14 @@ def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
 
 
 def run_swap(
-    conn: psycopg.Connection, mid: str, plan: Plan, side: str, settings: CutoverSettings,
-    src: Phase, dst: Phase, metrics: Metrics | None = None,
+    conn: psycopg.Connection,
+    mid: str,
+    plan: Plan,
+    side: str,
+    settings: CutoverSettings,
+    src: Phase,
+    dst: Phase,
+    metrics: Metrics | None = None,
 ) -> SwapResult:
     """One transaction: lock all tables in a fixed order, swap, move the phase; retried on lock timeout."""
     lock = settings.lock
@@ -196,7 +281,9 @@ def run_swap(
         attempt += 1
         started = time.monotonic()
         try:
-            held = _swap_once(conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst)
+            held = _swap_once(
+                conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst
+            )
         except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
             outcome = "deadlock" if isinstance(exc, pgerrors.DeadlockDetected) else "lock_timeout"
             if metrics:
@@ -215,7 +302,7 @@ def run_swap(
                     "--terminate-blockers",
                     blockers,
                 ) from None
-            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
+            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))
             continue
         if metrics:
             metrics.cutover_attempts.labels(outcome="success").inc()
@@ -225,7 +312,14 @@ def run_swap(
 
 
 def _swap_once(
-    conn: psycopg.Connection, mid: str, plan: Plan, side: str, lock_ms: int, stmt_ms: int, src: Phase, dst: Phase
+    conn: psycopg.Connection,
+    mid: str,
+    plan: Plan,
+    side: str,
+    lock_ms: int,
+    stmt_ms: int,
+    src: Phase,
+    dst: Phase,
 ) -> float:
     """Lock, then send the whole swap in one round trip: the lock is held for catalog work only."""
     with conn.transaction():
@@ -264,7 +358,9 @@ def run_cutover(
     if m.phase == Phase.BACKFILLED:
         state.move(conn, mid, Phase.BACKFILLED, Phase.PREPARING)
     elif m.phase != Phase.PREPARING:
-        raise StateError(f"migration {mid} is {m.phase}; cutover needs a finished backfill (`online-uuid backfill`)")
+        raise StateError(
+            f"migration {mid} is {m.phase}; cutover needs a finished backfill (`online-uuid backfill`)"
+        )
     ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
     try:
         ex.run_all(prepare_steps(plan, FORWARD))
@@ -299,7 +395,9 @@ def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSetti
     if m.phase not in (Phase.BACKFILLED, Phase.PREPARING):
         problems.append(f"phase is {m.phase}: the backfill has not finished")
     for k in plan.keys:
-        for name in [naming.unique_index(k.table, k.column)] + [i.twin for i in plan.indexes if i.table == k.table]:
+        for name in [naming.unique_index(k.table, k.column)] + [
+            i.twin for i in plan.indexes if i.table == k.table
+        ]:
             row = conn.execute(
                 "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
                 (sql.Identifier(k.table.schema, name).as_string(conn),),
@@ -313,12 +411,15 @@ def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSetti
     problems += [f"standby {name} lags {secs:.1f} s" for name, secs in lag]
     oids = [o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None]
     old = conn.execute(
-        "SELECT DISTINCT a.pid, a.application_name, extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
+        "SELECT DISTINCT a.pid, a.application_name, "
+        "extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = ANY(%s::oid[]) "
         "AND l.granted AND a.pid <> pg_backend_pid() "
         "AND a.xact_start < clock_timestamp() - make_interval(secs => %s)",
         (oids, settings.max_transaction_age_s),
     ).fetchall()
-    problems += [f"pid {pid} ({app or '-'}) holds a lock on the tables in a transaction {age:.0f} s old"
-                 for pid, app, age in old]
+    problems += [
+        f"pid {pid} ({app or '-'}) holds a lock on the tables in a transaction {age:.0f} s old"
+        for pid, app, age in old
+    ]
     return problems

@@ -1,4 +1,4 @@
-"""Finalize: drop the retired integer columns, their sequences and the reverse triggers; close the migration."""
+"""Finalize: drop the retired integer columns, their sequences and reverse triggers; close the migration."""
 
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ log = structlog.get_logger("online_uuid")
 def finalize_steps(plan: Plan) -> list[Step]:
     """Children's retired FK columns first, then the keys' (their sequences go with them)."""
     steps = [
-        Step(f"finalize:fk:{f.key}", (*s.build_drop_fk_triggers(f), s.build_drop_column(f.table, f.retired)),
-             (f.table,), description=f"drop {f.table}.{f.retired}")
+        Step(
+            f"finalize:fk:{f.key}",
+            (*s.build_drop_fk_triggers(f), s.build_drop_column(f.table, f.retired)),
+            (f.table,),
+            description=f"drop {f.table}.{f.retired}",
+        )
         for f in plan.foreign_keys
     ]
     steps += [
-        Step(f"finalize:key:{k.key}", (s.build_drop_column(k.table, k.retired),), (k.table,),
-             description=f"drop {k.table}.{k.retired}")
+        Step(
+            f"finalize:key:{k.key}",
+            (s.build_drop_column(k.table, k.retired),),
+            (k.table,),
+            description=f"drop {k.table}.{k.retired}",
+        )
         for k in plan.keys
     ]
     return steps

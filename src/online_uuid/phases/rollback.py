@@ -28,14 +28,18 @@ def teardown_steps(plan: Plan) -> list[Step]:
             s.build_drop_constraint(f.table, naming.not_null_check(f.table, f.column), if_exists=True),
             s.build_drop_column(f.table, f.shadow),
         ]
-        steps.append(Step(f"rollback:fk:{f.key}", tuple(stmts), (f.table,), description=f"drop shadow of {f.name}"))
+        steps.append(
+            Step(f"rollback:fk:{f.key}", tuple(stmts), (f.table,), description=f"drop shadow of {f.name}")
+        )
     for k in plan.keys:
         stmts = [
             *s.build_drop_key_triggers(k),
             s.build_drop_constraint(k.table, naming.not_null_check(k.table, k.column), if_exists=True),
             s.build_drop_column(k.table, k.shadow),
         ]
-        steps.append(Step(f"rollback:key:{k.key}", tuple(stmts), (k.table,), description=f"drop shadow of {k.table}"))
+        steps.append(
+            Step(f"rollback:key:{k.key}", tuple(stmts), (k.table,), description=f"drop shadow of {k.table}")
+        )
     return steps
 
 

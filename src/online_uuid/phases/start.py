@@ -32,9 +32,15 @@ def start_steps(plan: Plan) -> list[Step]:
             *s.build_drop_key_triggers(k),
             *s.build_key_triggers(plan, k),
         ]
-        steps.append(Step(f"start:key:{k.key}", tuple(stmts), (k.table,), description=f"shadow key {k.table}"))
+        steps.append(
+            Step(f"start:key:{k.key}", tuple(stmts), (k.table,), description=f"shadow key {k.table}")
+        )
     for f in plan.foreign_keys:
-        stmts = [s.build_add_column(f.table, f.shadow), *s.build_drop_fk_triggers(f), *s.build_fk_triggers(plan, f, "shadow")]
+        stmts = [
+            s.build_add_column(f.table, f.shadow),
+            *s.build_drop_fk_triggers(f),
+            *s.build_fk_triggers(plan, f, "shadow"),
+        ]
         steps.append(Step(f"start:fk:{f.key}", tuple(stmts), (f.table,), description=f"shadow FK {f.name}"))
     return steps
 
@@ -65,11 +71,15 @@ def recheck(conn: psycopg.Connection, plan: Plan) -> None:
         oid = read_table_ref(conn, k.table)
         col = read_column(conn, oid, k.column) if oid is not None else None
         if col is None:
-            raise StateError(f"{k.table}.{k.column} is gone since the migration started; run `online-uuid rollback`")
+            raise StateError(
+                f"{k.table}.{k.column} is gone since the migration started; run `online-uuid rollback`"
+            )
     for f in plan.foreign_keys:
         oid = read_table_ref(conn, f.table)
         if oid is None or read_column(conn, oid, f.column) is None:
-            raise StateError(f"{f.table}.{f.column} is gone since the migration started; run `online-uuid rollback`")
+            raise StateError(
+                f"{f.table}.{f.column} is gone since the migration started; run `online-uuid rollback`"
+            )
 
 
 def prepare_migration(
@@ -85,7 +95,9 @@ def prepare_migration(
             )
         recheck(conn, existing.plan)
         return existing.id, existing.plan, True
-    plan = build_plan(conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes)
+    plan = build_plan(
+        conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
+    )
     mid = migration or default_migration_name(plan)
     state.ensure_schema(conn)
     options: dict[str, Any] = {"uuid": settings.uuid_version, "cascade_deletes": settings.cascade_deletes}
