@@ -16,7 +16,7 @@ from . import state
 from .db import connect
 from .errors import StateError, VerifyError
 from .executor import render_steps
-from .metrics import Metrics
+from .metrics import CUTOVER_OUTCOMES, Metrics
 from .model import Phase, Plan
 from .naming import application_name
 from .phases import cutover as cutover_phase
@@ -180,6 +180,9 @@ def cutover(
                 raise VerifyError(
                     f"verify failed, cutover refused: {report.first_problem()}", report.to_json()
                 )
+        if metrics:
+            for outcome in CUTOVER_OUTCOMES:
+                metrics.cutover_attempts.labels(outcome=outcome)  # every series exists at 0
         result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics)
         if metrics:
             metrics.set_phase(Phase.CUT_OVER)

@@ -14,7 +14,7 @@ import structlog
 
 from . import barrier, batch, db, state
 from .errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
-from .metrics import Metrics
+from .metrics import Metrics, table_label
 from .model import BackfillJob, Phase, TableRef, backfill_jobs
 from .naming import application_name
 from .progress import NullProgress, Progress
@@ -124,8 +124,9 @@ def _register(ctx: RunContext, session: Session, jobs: list[BackfillJob]) -> Non
     for row in session.call(lambda c: batch.load_all(c, ctx.mid)):
         left = 0 if row["finished_at"] else row["rows_estimate"]
         ctx.set_remaining(row["job_id"], left)
-        table = TableRef(row["schema_name"], row["table_name"]).display()
+        table = table_label(TableRef(row["schema_name"], row["table_name"]))
         ctx.metrics.rows_remaining.labels(table=table, column=row["column_name"]).set(left)
+        ctx.metrics.rows_backfilled.labels(table=table, column=row["column_name"])  # at 0 from the start
 
 
 def _stages(ctx: RunContext, session: Session) -> bool:

@@ -349,6 +349,10 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"runtime overrides: {th.get('overrides') or 'none'}",
         markup=False,
     )
+    cut = doc.get("cutover") or {}
+    if cut.get("lock_held_s") is not None:
+        held_ms = 1000 * float(cut["lock_held_s"])
+        out.print(f"cutover: lock held {held_ms:.1f} ms after {cut.get('attempts')} attempt(s)")
     dead = doc.get("dead_tuples") or {}
     if dead:
         out.print("dead tuples: " + ", ".join(f"{k} {v:,}" for k, v in dead.items()), markup=False)
@@ -452,6 +456,13 @@ def cutover(
             help="application_name whose idle sessions to end after the swap (repeatable).",
         ),
     ] = None,
+    max_transaction_age: Annotated[
+        float,
+        typer.Option(
+            "--max-transaction-age",
+            help="--check: seconds a transaction holding locks on the tables may be old.",
+        ),
+    ] = 60.0,
     metrics_port: MetricsPort = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
@@ -467,7 +478,10 @@ def cutover(
         )
     )
     settings = CutoverSettings(
-        lock=lock, terminate_blockers=terminate_blockers, reset_idle_sessions=tuple(reset_idle_sessions or ())
+        lock=lock,
+        terminate_blockers=terminate_blockers,
+        reset_idle_sessions=tuple(reset_idle_sessions or ()),
+        max_transaction_age_s=max_transaction_age,
     )
     if check:
         problems = _run(lambda: api.cutover_check(d, migration, settings))

@@ -192,6 +192,7 @@ def status(conn: psycopg.Connection, mid: str) -> dict[str, Any]:
             "passed": fk_started or all_done,
             "waiting_on": ts.get("barrier_waiting_on", []) if fresh else [],
         },
+        "cutover": m.cutover,
         "dead_tuples": _dead_tuples(conn, m),
         "events": _events(conn, mid),
     }

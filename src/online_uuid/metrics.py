@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .model import TableRef
+
 # name -> (type, labels). The README, the dashboard and the alert rules are checked against this.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_uuid_rows_backfilled_total": ("counter", ("table", "column")),
@@ -24,6 +26,14 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+CUTOVER_OUTCOMES = ("success", "lock_timeout", "deadlock")
+
+
+def table_label(table: TableRef) -> str:
+    """`schema.table` without SQL quoting: a `"` in a label would break PromQL string literals."""
+    return f"{table.schema}.{table.name}"
 
 
 class Metrics:

@@ -10,6 +10,7 @@ import structlog
 
 from . import batch, control
 from .errors import BackfillError, RefusedError
+from .metrics import table_label
 from .model import BackfillJob, Phase
 from .progress import JobProgress
 from .runctx import RunContext, Session
@@ -180,7 +181,7 @@ class Worker:
         return _Last(ctx.pacer.book(res.rows, eff.max_rows_per_second), elapsed, res.blocked)
 
     def _account(self, res: batch.BatchResult, elapsed: float, st: batch.JobState) -> None:
-        m, table = self.ctx.metrics, self.job.table.display()
+        m, table = self.ctx.metrics, table_label(self.job.table)
         self.ctx.totals.add_batch(self.job.job_id, res.rows)
         m.rows_backfilled.labels(table=table, column=self.job.column).inc(res.rows)
         m.batch_duration.labels(table=table).observe(elapsed)
@@ -193,7 +194,7 @@ class Worker:
         frac = 1.0 if st.done else key_fraction(st.min_key, st.max_key, st.next_key)
         remaining = 0 if st.done else int(st.rows_estimate * (1 - frac))
         rate = self.meter.add(rows)
-        self.ctx.metrics.rows_remaining.labels(table=self.job.table.display(), column=self.job.column).set(
+        self.ctx.metrics.rows_remaining.labels(table=table_label(self.job.table), column=self.job.column).set(
             remaining
         )
         self.ctx.set_remaining(self.job.job_id, remaining, rows)
@@ -213,7 +214,7 @@ class Worker:
     def _read_dead_tuples(self) -> None:
         self._dead_at = time.monotonic()
         dead = self.session.call(lambda c: read_dead_tuples(c, self.oid))
-        self.ctx.metrics.dead_tuples.labels(table=self.job.table.display()).set(dead)
+        self.ctx.metrics.dead_tuples.labels(table=table_label(self.job.table)).set(dead)
 
     def _maybe_vacuum(self, st: batch.JobState, eff: BackfillSettings) -> None:
         """Plain VACUUM each time the job passes another vacuum_every_pct of its key range."""
@@ -229,7 +230,7 @@ class Worker:
         self._read_dead_tuples()
         log.info(
             "vacuumed",
-            table=self.job.table.display(),
+            table=table_label(self.job.table),
             at_percent=round(pct, 1),
             seconds=round(time.monotonic() - t0, 2),
         )
