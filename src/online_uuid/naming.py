@@ -52,9 +52,13 @@ def fk_fixup_trigger(table: TableRef, column: str) -> str:
     return _object(table, column, "fkfix")
 
 
-def function_name(trigger: str) -> str:
-    """Trigger functions live in the state schema, never in the user's schemas."""
-    return fit(trigger + "_fn")
+def function_name(table: TableRef, trigger: str) -> str:
+    """Trigger functions live in the state schema, never in the user's schemas.
+
+    They all share that one schema, so the table's schema is part of the name (`a.t` and `b.t`
+    must not share a function).
+    """
+    return fit(f"{table.schema}_{trigger}_fn", salt=f"{table.schema}.{table.name}")
 
 
 def unique_index(table: TableRef, column: str) -> str:

@@ -18,8 +18,8 @@ def col_on(item: KeyConversion | ForeignKeyConversion, side: Side) -> str:
     return item.shadow if side == "shadow" else item.retired
 
 
-def _fn(name: str) -> sql.Identifier:
-    return sql.Identifier(STATE_SCHEMA, naming.function_name(name))
+def _fn(table: TableRef, trigger: str) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, naming.function_name(table, trigger))
 
 
 def generator(plan: Plan) -> sql.SQL:
@@ -51,14 +51,14 @@ def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
     keep = trig + "_keep"
     shadow = sql.Identifier(k.shadow)
     return [
-        render("keep_key_function.sql", function=_fn(trig), shadow=shadow, generator=generator(plan)),
+        render("keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=generator(plan)),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW WHEN (NEW.{} IS NULL) EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(trig), k.table.ident, shadow, _fn(trig)),
+        ).format(sql.Identifier(trig), k.table.ident, shadow, _fn(k.table, trig)),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {} FOR EACH ROW "
             "WHEN (OLD.{} IS NOT NULL AND NEW.{} IS DISTINCT FROM OLD.{}) EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(trig)),
+        ).format(sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(k.table, trig)),
     ]
 
 
@@ -67,7 +67,7 @@ def build_drop_key_triggers(k: KeyConversion) -> list[sql.Composed]:
     return [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), k.table.ident),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig + "_keep"), k.table.ident),
-        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(trig)),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(k.table, trig)),
     ]
 
 
@@ -91,7 +91,7 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
     stmts = [
         render(
             "sync_fk_function.sql",
-            function=_fn(trig),
+            function=_fn(f.table, trig),
             column=column,
             shadow=shadow,
             ref_table=f.ref_table.ident,
@@ -101,14 +101,14 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
         ),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(trig), column, f.table.ident, _fn(trig)),
+        ).format(sql.Identifier(trig), column, f.table.ident, _fn(f.table, trig)),
     ]
     if needs_fixup(f):
         fix = naming.fk_fixup_trigger(f.table, f.column)
         stmts += [
             render(
                 "fixup_fk_function.sql",
-                function=_fn(fix),
+                function=_fn(f.table, fix),
                 table=f.table.ident,
                 column=column,
                 shadow=shadow,
@@ -116,11 +116,13 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
                 ref_column=sql.Identifier(parent.column),
                 ref_shadow=ref_shadow,
             ),
+            # Any UPDATE, not only of the FK: a later update of another column makes a new row
+            # version, and the fix-up must find that one (it looks rows up by ctid).
             sql.SQL(
-                "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE OF {} ON {} "
+                "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE ON {} "
                 "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
                 "WHEN (NEW.{} IS NOT NULL AND NEW.{} IS NULL) EXECUTE FUNCTION {}()"
-            ).format(sql.Identifier(fix), column, f.table.ident, column, shadow, _fn(fix)),
+            ).format(sql.Identifier(fix), f.table.ident, column, shadow, _fn(f.table, fix)),
         ]
     return stmts
 
@@ -130,9 +132,9 @@ def build_drop_fk_triggers(f: ForeignKeyConversion) -> list[sql.Composed]:
     fix = naming.fk_fixup_trigger(f.table, f.column)
     return [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), f.table.ident),
-        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(trig)),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, trig)),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(fix), f.table.ident),
-        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(fix)),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, fix)),
     ]
 
 

@@ -6,7 +6,6 @@ joining on the new UUID keys and finding the same (child, parent) pairs as befor
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
@@ -432,7 +431,7 @@ def test_cutover_backend_terminated_inside_the_swap_leaves_the_pre_cutover_state
 
 
 def test_cutover_check_reports_an_old_transaction_and_locks_nothing(
-    dsn: str, conn: psycopg.Connection, blocker: Any, monkeypatch: pytest.MonkeyPatch
+    dsn: str, conn: psycopg.Connection, blocker: Any
 ) -> None:
     _seed(conn, parents=10, children=10)
     api.start(dsn, ["parent"])
@@ -440,12 +439,11 @@ def test_cutover_check_reports_an_old_transaction_and_locks_nothing(
     assert (code, out.strip()) == (0, "nothing blocks a cutover now")
 
     # The CLI has no flag for the age threshold (60 s): lower it so the test needs no minute-old transaction.
-    monkeypatch.setattr(cli, "CutoverSettings", functools.partial(CutoverSettings, max_transaction_age_s=0.3))
     b = blocker("parent")
     time.sleep(0.5)
     catalog, st = catalog_snapshot(conn), state_snapshot(conn)
     t0 = time.monotonic()
-    code, out, _ = _cli("cutover", "--check", "--json", dsn=dsn)
+    code, out, _ = _cli("cutover", "--check", "--json", "--max-transaction-age", "0.3", dsn=dsn)
     assert time.monotonic() - t0 < 5
     assert code == 1
     problems = json.loads(out)["problems"]

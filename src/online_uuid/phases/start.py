@@ -82,6 +82,23 @@ def recheck(conn: psycopg.Connection, plan: Plan) -> None:
             )
 
 
+def _check_same_tables(conn: psycopg.Connection, tables: Sequence[str], existing: state.Migration) -> None:
+    """Resuming converts exactly the migration's tables; a different list is refused, never ignored."""
+    from ..catalog import read_table_by_oid, resolve_table
+
+    asked = set()
+    for name in tables:
+        oid = resolve_table(conn, name)
+        asked.add(read_table_by_oid(conn, oid).ref if oid is not None else name)
+    planned = {k.table for k in existing.plan.keys}
+    if asked != planned:
+        listed = ", ".join(str(t) for t in sorted(planned))
+        raise StateError(
+            f"unfinished migration {existing.id!r} converts exactly {listed}; rerun start with those tables "
+            "to resume it, or finish / roll it back before converting others"
+        )
+
+
 def prepare_migration(
     conn: psycopg.Connection, tables: Sequence[str], migration: str | None, settings: StartSettings
 ) -> tuple[str, Plan, bool]:
@@ -93,6 +110,7 @@ def prepare_migration(
                 f"{tables[0]} is already in unfinished migration {existing.id!r}; resume that one "
                 "(--migration) or roll it back"
             )
+        _check_same_tables(conn, tables, existing)
         recheck(conn, existing.plan)
         return existing.id, existing.plan, True
     plan = build_plan(
