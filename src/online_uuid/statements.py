@@ -51,7 +51,9 @@ def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
     keep = trig + "_keep"
     shadow = sql.Identifier(k.shadow)
     return [
-        render("keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=generator(plan)),
+        render(
+            "keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=generator(plan)
+        ),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW WHEN (NEW.{} IS NULL) EXECUTE FUNCTION {}()"
         ).format(sql.Identifier(trig), k.table.ident, shadow, _fn(k.table, trig)),

@@ -25,23 +25,42 @@ pytestmark = pytest.mark.concurrency
 def _snapshot(conn: psycopg.Connection, schema: str) -> dict[str, Any]:
     """What a user checks: relationships by natural key, original integer ids, row counts."""
     s = sql.Identifier(schema)
-    servers = dict(conn.execute(sql.SQL(
-        "SELECT sv.name, c.name FROM {s}.mcp_servers sv JOIN {s}.mcp_connectors c ON c.id = sv.connector_id"
-    ).format(s=s)).fetchall())
-    access = set(conn.execute(sql.SQL(
-        "SELECT c.name, a.user_id FROM {s}.connector_access a JOIN {s}.mcp_connectors c ON c.id = a.connector_id"
-    ).format(s=s)).fetchall())
-    tokens = dict(conn.execute(sql.SQL(
-        "SELECT t.token_hash, sv.name FROM {s}.mcp_server_tokens t JOIN {s}.mcp_servers sv ON sv.id = t.mcp_server_id"
-    ).format(s=s)).fetchall())
-    counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(s, sql.Identifier(t))).fetchone()[0]  # type: ignore[index]
-              for t in TABLES}
+    servers = dict(
+        conn.execute(
+            sql.SQL(
+                "SELECT sv.name, c.name FROM {s}.mcp_servers sv JOIN {s}.mcp_connectors c ON c.id = sv.connector_id"
+            ).format(s=s)
+        ).fetchall()
+    )
+    access = set(
+        conn.execute(
+            sql.SQL(
+                "SELECT c.name, a.user_id FROM {s}.connector_access a JOIN {s}.mcp_connectors c ON c.id = a.connector_id"
+            ).format(s=s)
+        ).fetchall()
+    )
+    tokens = dict(
+        conn.execute(
+            sql.SQL(
+                "SELECT t.token_hash, sv.name FROM {s}.mcp_server_tokens t JOIN {s}.mcp_servers sv ON sv.id = t.mcp_server_id"
+            ).format(s=s)
+        ).fetchall()
+    )
+    counts = {
+        t: conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(s, sql.Identifier(t))).fetchone()[0]  # type: ignore[index]
+        for t in TABLES
+    }
     return {"servers": servers, "access": access, "tokens": tokens, "counts": counts}
 
 
 def _int_ids(conn: psycopg.Connection, schema: str, column: str) -> dict[str, int]:
-    return dict(conn.execute(sql.SQL("SELECT name, {} FROM {}.mcp_connectors").format(
-        sql.Identifier(column), sql.Identifier(schema))).fetchall())
+    return dict(
+        conn.execute(
+            sql.SQL("SELECT name, {} FROM {}.mcp_connectors").format(
+                sql.Identifier(column), sql.Identifier(schema)
+            )
+        ).fetchall()
+    )
 
 
 def _nothing_lost(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -56,10 +75,14 @@ def _nothing_lost(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 
 def _types(conn: psycopg.Connection, schema: str) -> set[tuple[str, str, str]]:
-    return set(conn.execute(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = %s AND (column_name = 'id' OR column_name LIKE '%%\\_id' OR column_name LIKE '%%\\_uuid' "
-        "OR column_name LIKE '%%\\_int')", (schema,)).fetchall())
+    return set(
+        conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND (column_name = 'id' OR column_name LIKE '%%\\_id' OR column_name LIKE '%%\\_uuid' "
+            "OR column_name LIKE '%%\\_int')",
+            (schema,),
+        ).fetchall()
+    )
 
 
 @pytest.mark.parametrize("schema", ["public", "App Data"])
@@ -109,20 +132,31 @@ def test_full_lifecycle_under_load(dsn: str, conn: psycopg.Connection, schema: s
     assert report_w.errors == 0, report_w.error_messages
     assert report_w.operations > 0
     final = _types(conn, schema)
-    assert {(t, c) for t, c, ty in final if ty != "uuid" and c in ("id", "connector_id", "mcp_server_id")} == set()
+    assert {
+        (t, c) for t, c, ty in final if ty != "uuid" and c in ("id", "connector_id", "mcp_server_id")
+    } == set()
     assert not any(c.endswith(("_int", "_uuid")) for _, c, _ in final)
     leftovers = conn.execute(
         "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "WHERE NOT t.tgisinternal AND c.relnamespace = to_regnamespace(%s)", (sql.Identifier(schema).as_string(conn),)
+        "WHERE NOT t.tgisinternal AND c.relnamespace = to_regnamespace(%s)",
+        (sql.Identifier(schema).as_string(conn),),
     ).fetchall()
     assert leftovers == []
     # the guide's CASCADE DELETE promise, after the migration
-    some = conn.execute(sql.SQL("SELECT c.name FROM {s}.mcp_connectors c JOIN {s}.mcp_servers sv ON sv.connector_id = c.id "
-                                "JOIN {s}.mcp_server_tokens t ON t.mcp_server_id = sv.id LIMIT 1").format(
-        s=sql.Identifier(schema))).fetchone()
+    some = conn.execute(
+        sql.SQL(
+            "SELECT c.name FROM {s}.mcp_connectors c JOIN {s}.mcp_servers sv ON sv.connector_id = c.id "
+            "JOIN {s}.mcp_server_tokens t ON t.mcp_server_id = sv.id LIMIT 1"
+        ).format(s=sql.Identifier(schema))
+    ).fetchone()
     assert some is not None
-    conn.execute(sql.SQL("DELETE FROM {}.mcp_connectors WHERE name = %s").format(sql.Identifier(schema)), some)
-    orphans = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {s}.mcp_server_tokens t LEFT JOIN {s}.mcp_servers sv ON sv.id = t.mcp_server_id "
-        "WHERE sv.id IS NULL").format(s=sql.Identifier(schema))).fetchone()
+    conn.execute(
+        sql.SQL("DELETE FROM {}.mcp_connectors WHERE name = %s").format(sql.Identifier(schema)), some
+    )
+    orphans = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {s}.mcp_server_tokens t LEFT JOIN {s}.mcp_servers sv ON sv.id = t.mcp_server_id "
+            "WHERE sv.id IS NULL"
+        ).format(s=sql.Identifier(schema))
+    ).fetchone()
     assert orphans == (0,)

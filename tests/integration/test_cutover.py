@@ -22,10 +22,10 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from helpers import Writer, catalog_snapshot, error_lines, phase_of, spawn_cli, state_snapshot, wait_for
-from online_uuid import api, cli
+from online_uuid import api, cli, naming
 from online_uuid.demo.schema import FOREIGN_KEYS, TABLES, create_schema
 from online_uuid.errors import LockTimeoutError
-from online_uuid.model import Phase
+from online_uuid.model import Phase, TableRef
 from online_uuid.settings import CutoverSettings, LockSettings, StartSettings
 
 MID = "parent"  # the default migration name: the first listed table
@@ -122,7 +122,8 @@ def blocker(dsn: str) -> Any:
         c.close()
 
 
-FK_FUNCTION = "online_uuid.ou_child_parent_id_fk_fn()"  # the dual-write trigger function of child.parent_id
+_CHILD = TableRef("public", "child")
+FK_FUNCTION = f"online_uuid.{naming.function_name(_CHILD, naming.fk_trigger(_CHILD, 'parent_id'))}()"
 
 
 @contextmanager

@@ -204,7 +204,8 @@ def swap_held(dsn: str) -> Iterator[None]:
     The swap drops the FK triggers' functions; COMMENT ON locks one of them until rollback, and
     nothing before the swap (verify, the online preparation) needs it.
     """
-    fn = naming.function_name(naming.fk_trigger(TableRef("public", "mcp_servers"), "connector_id"))
+    servers = TableRef("public", "mcp_servers")
+    fn = naming.function_name(servers, naming.fk_trigger(servers, "connector_id"))
     with psycopg.connect(dsn, application_name="dashboard-test/swap-holder") as hold:
         hold.execute(sql.SQL("COMMENT ON FUNCTION {}() IS 'held by the test'").format(
             sql.Identifier(naming.STATE_SCHEMA, fn)))

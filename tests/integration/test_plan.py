@@ -95,7 +95,9 @@ def test_json_is_stable_and_round_trips(dsn: str, conn: psycopg.Connection) -> N
     assert doc["format_version"] == 1
     assert doc["order"] == ["public.mcp_connectors", "public.mcp_servers"]
     assert {f["name"] for f in doc["foreign_keys"]} == {
-        "fk_connector_access_connector_id", "fk_mcp_servers_connector_id", "fk_mcp_server_tokens_mcp_server_id",
+        "fk_connector_access_connector_id",
+        "fk_mcp_servers_connector_id",
+        "fk_mcp_server_tokens_mcp_server_id",
         "fk_mcp_server_tools_mcp_server_id",
     }
     from online_uuid.model import Plan
@@ -107,10 +109,19 @@ def test_sql_prints_every_phase_and_changes_nothing(dsn: str, conn: psycopg.Conn
     conn.execute(GUIDE_DDL)
     code, out, _ = _cli("plan", "-t", "mcp_connectors", "--sql", dsn=dsn)
     assert code == 0
-    for marker in ("-- start", "ADD COLUMN IF NOT EXISTS \"id_uuid\" uuid", "CREATE UNIQUE INDEX CONCURRENTLY",
-                   "LOCK TABLE", "RENAME COLUMN \"id\" TO \"id_int\"", "PRIMARY KEY USING INDEX", "-- finalize"):
+    for marker in (
+        "-- start",
+        'ADD COLUMN IF NOT EXISTS "id_uuid" uuid',
+        "CREATE UNIQUE INDEX CONCURRENTLY",
+        "LOCK TABLE",
+        'RENAME COLUMN "id" TO "id_int"',
+        "PRIMARY KEY USING INDEX",
+        "-- finalize",
+    ):
         assert marker in out, marker
-    cols = conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name LIKE '%uuid'").fetchone()
+    cols = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name LIKE '%uuid'"
+    ).fetchone()
     assert cols == (0,)
     assert conn.execute("SELECT to_regnamespace('online_uuid')").fetchone() == (None,)
 
@@ -123,8 +134,10 @@ def test_hard_cases_are_discovered(dsn: str, conn: psycopg.Connection) -> None:
     assert plan.key_for(TableRef("App Data", "user")).type == "smallint"  # type: ignore[union-attr]
     fks = {(f.table.schema, f.table.name, f.column): f for f in plan.foreign_keys}
     assert set(fks) == {
-        ("App Data", "Order", "parent Order"), ("App Data", "AuditLog", "order_id"),
-        ("App Data", "AuditLog", "user"), ("public", "invoices", "order_ref"),
+        ("App Data", "Order", "parent Order"),
+        ("App Data", "AuditLog", "order_id"),
+        ("App Data", "AuditLog", "user"),
+        ("public", "invoices", "order_ref"),
     }
     self_ref = fks[("App Data", "Order", "parent Order")]
     assert self_ref.on_update == "c" and self_ref.batch_column == "ID"
@@ -146,27 +159,49 @@ BAD_INPUTS = [
     ("composite", "CREATE TABLE composite (a int, b int, PRIMARY KEY (a, b))", "composite primary key"),
     ("already", "CREATE TABLE already (id uuid PRIMARY KEY)", "already uuid"),
     ("texty", "CREATE TABLE texty (code text PRIMARY KEY)", "not an integer key"),
-    ("parent", "CREATE TABLE parent (id int PRIMARY KEY, k int, UNIQUE (id, k));"
-               "CREATE TABLE child (id int PRIMARY KEY, pid int, pk int, FOREIGN KEY (pid, pk) REFERENCES parent (id, k))",
-     "composite foreign key"),
+    (
+        "parent",
+        "CREATE TABLE parent (id int PRIMARY KEY, k int, UNIQUE (id, k));"
+        "CREATE TABLE child (id int PRIMARY KEY, pid int, pk int, FOREIGN KEY (pid, pk) REFERENCES parent (id, k))",
+        "composite foreign key",
+    ),
     ("taken", "CREATE TABLE taken (id int PRIMARY KEY, id_uuid uuid)", "already exists"),
     ("checked", "CREATE TABLE checked (id int PRIMARY KEY CHECK (id > 0))", "drop it before the migration"),
-    ("mv", "CREATE TABLE mv (id int PRIMARY KEY); CREATE MATERIALIZED VIEW mv_view AS SELECT id FROM mv",
-     "materialized view"),
-    ("trig", "CREATE TABLE trig (id int PRIMARY KEY, v int);"
-             "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
-             "CREATE TRIGGER t BEFORE UPDATE OF id ON trig FOR EACH ROW EXECUTE FUNCTION noop()",
-     "trigger t on table trig"),
-    ("pol", "CREATE TABLE pol (id int PRIMARY KEY); CREATE POLICY p ON pol USING (id > 0)", "policy p on table pol"),
-    ("walk", "CREATE TABLE walk (id int PRIMARY KEY);"
-             "CREATE TABLE walk_child (a int, b int REFERENCES walk (id), PRIMARY KEY (a, b))",
-     "CREATE INDEX CONCURRENTLY"),
+    (
+        "mv",
+        "CREATE TABLE mv (id int PRIMARY KEY); CREATE MATERIALIZED VIEW mv_view AS SELECT id FROM mv",
+        "materialized view",
+    ),
+    (
+        "trig",
+        "CREATE TABLE trig (id int PRIMARY KEY, v int);"
+        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
+        "CREATE TRIGGER t BEFORE UPDATE OF id ON trig FOR EACH ROW EXECUTE FUNCTION noop()",
+        "trigger t on table trig",
+    ),
+    (
+        "pol",
+        "CREATE TABLE pol (id int PRIMARY KEY); CREATE POLICY p ON pol USING (id > 0)",
+        "policy p on table pol",
+    ),
+    (
+        "walk",
+        "CREATE TABLE walk (id int PRIMARY KEY);"
+        "CREATE TABLE walk_child (a int, b int REFERENCES walk (id), PRIMARY KEY (a, b))",
+        "CREATE INDEX CONCURRENTLY",
+    ),
     ("part", "CREATE TABLE part (id int PRIMARY KEY) PARTITION BY RANGE (id)", "partitioned"),
-    ("setdef", "CREATE TABLE setdef (id int PRIMARY KEY);"
-               "CREATE TABLE setdef_c (id int PRIMARY KEY, p int DEFAULT 0 REFERENCES setdef ON DELETE SET DEFAULT)",
-     "SET DEFAULT"),
-    ("exprix", "CREATE TABLE exprix (id int PRIMARY KEY); CREATE INDEX exprix_e ON exprix ((id % 10))",
-     "in an expression"),
+    (
+        "setdef",
+        "CREATE TABLE setdef (id int PRIMARY KEY);"
+        "CREATE TABLE setdef_c (id int PRIMARY KEY, p int DEFAULT 0 REFERENCES setdef ON DELETE SET DEFAULT)",
+        "SET DEFAULT",
+    ),
+    (
+        "exprix",
+        "CREATE TABLE exprix (id int PRIMARY KEY); CREATE INDEX exprix_e ON exprix ((id % 10))",
+        "in an expression",
+    ),
 ]
 
 

@@ -24,8 +24,18 @@ def sample_plan() -> Plan:
     child = TableRef("App Data", "Child")
     keys = (KeyConversion(parent, "id", "integer", "id_uuid", "id_int", "parent_pkey", rows=10),)
     fks = (
-        ForeignKeyConversion("child_fk", child, "parent_id", "parent_id_uuid", "parent_id_int", parent, "id", "c", "a",
-                             batch_column="id"),
+        ForeignKeyConversion(
+            "child_fk",
+            child,
+            "parent_id",
+            "parent_id_uuid",
+            "parent_id_int",
+            parent,
+            "id",
+            "c",
+            "a",
+            batch_column="id",
+        ),
     )
     return Plan(keys=keys, foreign_keys=fks)
 
@@ -46,14 +56,17 @@ def test_backfill_jobs_put_keys_before_foreign_keys() -> None:
     assert jobs[1].ref_shadow == "id_uuid" and jobs[1].batch_column == "id"
 
 
-@pytest.mark.parametrize(("src", "dst", "ok"), [
-    (Phase.EXPANDING, Phase.EXPANDED, True),
-    (Phase.BACKFILLED, Phase.PREPARING, True),
-    (Phase.CUT_OVER, Phase.REVERTING, True),
-    (Phase.CUT_OVER, Phase.ROLLING_BACK, False),  # after cutover, rollback swaps back instead
-    (Phase.EXPANDED, Phase.CUT_OVER, False),
-    (Phase.FINALIZED, Phase.ROLLING_BACK, False),
-])
+@pytest.mark.parametrize(
+    ("src", "dst", "ok"),
+    [
+        (Phase.EXPANDING, Phase.EXPANDED, True),
+        (Phase.BACKFILLED, Phase.PREPARING, True),
+        (Phase.CUT_OVER, Phase.REVERTING, True),
+        (Phase.CUT_OVER, Phase.ROLLING_BACK, False),  # after cutover, rollback swaps back instead
+        (Phase.EXPANDED, Phase.CUT_OVER, False),
+        (Phase.FINALIZED, Phase.ROLLING_BACK, False),
+    ],
+)
 def test_phase_transitions(src: Phase, dst: Phase, ok: bool) -> None:
     assert can_move(src, dst) is ok
 

@@ -31,8 +31,12 @@ def test_trigger_names_differ_per_table_and_column() -> None:
     long_table = TableRef("public", "x" * 63)
     assert naming.fk_trigger(a, "p") != naming.fk_trigger(a, "q")
     assert naming.fk_trigger(long_table, "p") != naming.fk_trigger(long_table, "q")
-    assert naming.key_trigger(a, "id") == naming.key_trigger(b, "id")  # same table name: same trigger name is fine
-    assert naming.unique_index(TableRef("s", "y" * 63), "id") != naming.unique_index(TableRef("t", "y" * 63), "id")
+    assert naming.key_trigger(a, "id") == naming.key_trigger(
+        b, "id"
+    )  # same table name: same trigger name is fine
+    assert naming.unique_index(TableRef("s", "y" * 63), "id") != naming.unique_index(
+        TableRef("t", "y" * 63), "id"
+    )
 
 
 def test_application_name_fits() -> None:

@@ -12,10 +12,28 @@ from online_uuid.phases.start import start_steps
 PARENT = TableRef("App Data", "Order")
 CHILD = TableRef("public", "user")
 KEY = KeyConversion(PARENT, "ID", "bigint", "ID_uuid", "ID_int", "Order_pkey")
-FK = ForeignKeyConversion("user_order_fk", CHILD, "order", "order_uuid", "order_int", PARENT, "ID", "a", "a",
-                          not_null=True, batch_column="id", final_on_delete="c")
-IX = IndexTwin(CHILD, "user_order_idx", "user_order_idx_ou", ("order", "name"), descending=(True, False),
-               nulls_first=(True, False))
+FK = ForeignKeyConversion(
+    "user_order_fk",
+    CHILD,
+    "order",
+    "order_uuid",
+    "order_int",
+    PARENT,
+    "ID",
+    "a",
+    "a",
+    not_null=True,
+    batch_column="id",
+    final_on_delete="c",
+)
+IX = IndexTwin(
+    CHILD,
+    "user_order_idx",
+    "user_order_idx_ou",
+    ("order", "name"),
+    descending=(True, False),
+    nulls_first=(True, False),
+)
 PLAN = Plan(keys=(KEY,), foreign_keys=(FK,), indexes=(IX,), cascade_deletes=True)
 
 
@@ -24,7 +42,10 @@ def text(q: sql.Composable) -> str:
 
 
 def test_add_column_quotes_everything() -> None:
-    assert text(s.build_add_column(PARENT, "ID_uuid")) == 'ALTER TABLE "App Data"."Order" ADD COLUMN IF NOT EXISTS "ID_uuid" uuid'
+    assert (
+        text(s.build_add_column(PARENT, "ID_uuid"))
+        == 'ALTER TABLE "App Data"."Order" ADD COLUMN IF NOT EXISTS "ID_uuid" uuid'
+    )
 
 
 def test_twin_index_swaps_converted_columns_and_keeps_order() -> None:
@@ -45,18 +66,27 @@ def test_swap_renames_then_rebuilds_keys_under_original_names() -> None:
     body = [text(q) for q in swap_statements(PLAN, FORWARD, {})]
     joined = "\n".join(body)
     assert body.index('ALTER TABLE "App Data"."Order" DROP CONSTRAINT "Order_pkey"') < body.index(
-        'ALTER TABLE "App Data"."Order" RENAME COLUMN "ID" TO "ID_int"')
+        'ALTER TABLE "App Data"."Order" RENAME COLUMN "ID" TO "ID_int"'
+    )
     assert 'ADD CONSTRAINT "Order_pkey" PRIMARY KEY USING INDEX' in joined
     assert 'ALTER INDEX "public"."user_order_idx_ou" RENAME TO "user_order_idx"' in joined
-    assert 'ADD CONSTRAINT "user_order_fk" FOREIGN KEY ("order") REFERENCES "App Data"."Order" ("ID") ON DELETE CASCADE' in joined
-    assert "SELECT" not in joined.split("CREATE OR REPLACE FUNCTION")[0]  # nothing reads rows before the triggers
+    assert (
+        'ADD CONSTRAINT "user_order_fk" FOREIGN KEY ("order") REFERENCES "App Data"."Order" ("ID") ON DELETE CASCADE'
+        in joined
+    )
+    assert (
+        "SELECT" not in joined.split("CREATE OR REPLACE FUNCTION")[0]
+    )  # nothing reads rows before the triggers
 
 
 def test_start_steps_add_keys_before_foreign_keys() -> None:
     ids = [st.id for st in start_steps(PLAN)]
-    assert ids == ['start:key:App Data.Order.ID', "start:fk:public.user.order"]
+    assert ids == ["start:key:App Data.Order.ID", "start:fk:public.user.order"]
 
 
 def test_grant_from_aclitem() -> None:
-    assert text(s.build_grant(PARENT, "app=arw/owner")) == 'GRANT INSERT, SELECT, UPDATE ON "App Data"."Order" TO "app"'
+    assert (
+        text(s.build_grant(PARENT, "app=arw/owner"))
+        == 'GRANT INSERT, SELECT, UPDATE ON "App Data"."Order" TO "app"'
+    )
     assert text(s.build_grant(PARENT, "=r/owner")) == 'GRANT SELECT ON "App Data"."Order" TO PUBLIC'
