@@ -13,6 +13,7 @@ if sys.version_info < (3, 11):  # noqa: UP036 - this guard is for the interprete
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -96,7 +97,24 @@ def cmd_demo(args: list[str]) -> int:
     return 0  # not reached
 
 
+def ensure_prometheus() -> None:
+    """The metrics and dashboard tests use a real Prometheus; install Debian's when we can (root + apt)."""
+    if shutil.which("prometheus") and shutil.which("promtool"):
+        return
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        say("prometheus not found: the dashboard tests will be skipped (apt-get install prometheus)")
+        return
+    say("installing Debian's prometheus for the dashboard tests (apt-get) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "check": False}
+    subprocess.run(["apt-get", "update"], **quiet)  # type: ignore[call-overload]
+    done = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "prometheus"], **quiet)  # type: ignore[call-overload]
+    if done.returncode != 0:
+        say("could not install prometheus; the dashboard tests will be skipped")
+
+
 def cmd_test(args: list[str]) -> int:
+    ensure_prometheus()
     exec_in_venv([str(PYTHON), "-m", "pytest", *args])
     return 0  # not reached
 
