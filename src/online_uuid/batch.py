@@ -179,8 +179,14 @@ def run(
     assert st.next_key is not None and st.max_key is not None
     lo = st.next_key
     with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{statement_timeout_ms}ms",))
+        # One round trip for the settings. A foreign-key batch joins each child row to its parent by
+        # index probes: a hash or merge join would read the whole parent table in every batch.
+        probes_only = "off" if job.kind == "fk" else "on"
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
+            "set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
+            (LOCK_TIMEOUT, f"{statement_timeout_ms}ms", probes_only, probes_only),
+        )
         row = conn.execute(hi_sql(job), (lo, st.max_key, size)).fetchone()
         hi = row[0] if row else None
         rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
