@@ -88,6 +88,8 @@ def pg_bin(pg_server: PgServer) -> Path:
     """Directory of the server's programs (pg_dump, pg_basebackup...) for tests that shell out."""
     if pg_server.bin_dir is None:
         pytest.skip("the test server has no local binaries (external DSN or container)")
+    if not (pg_server.bin_dir / "pg_dump").exists():
+        pytest.skip(f"no pg_dump next to the server in {pg_server.bin_dir} (the npm builds ship none)")
     return pg_server.bin_dir
 
 

@@ -312,6 +312,23 @@ def read_functions_naming(conn: psycopg.Connection, names: list[str]) -> list[st
     return [str(r["fn"]) for r in rows if any(w.search(r["prosrc"] or "") for w in words)]
 
 
+def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oid: int) -> str | None:
+    """A role that may write the child table but not read the parent (the trigger must then be DEFINER)."""
+    r = _one(
+        conn,
+        """
+        SELECT r.rolname FROM pg_roles r
+         WHERE r.rolname !~ '^pg_'
+           AND (has_table_privilege(r.oid, %s::oid, 'INSERT')
+                OR has_table_privilege(r.oid, %s::oid, 'UPDATE'))
+           AND NOT has_table_privilege(r.oid, %s::oid, 'SELECT')
+         ORDER BY 1 LIMIT 1
+        """,
+        (child_oid, child_oid, parent_oid),
+    )
+    return None if r is None else str(r["rolname"])
+
+
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
     r = _one(
         conn,

@@ -91,6 +91,7 @@ class ForeignKeyConversion:
     batch_column: str = ""  # child column the backfill walks (integer, indexed)
     table_rows: int = 0
     final_on_delete: str = ""  # action after cutover ("c" with --cascade-deletes)
+    definer: bool = False  # a role writes the child but may not read the parent: SECURITY DEFINER trigger
 
     @property
     def key(self) -> str:

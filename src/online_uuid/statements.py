@@ -45,6 +45,11 @@ def build_uuid_v7_function() -> sql.Composed:
     return render("uuid_v7_function.sql", function=sql.Identifier(STATE_SCHEMA, "uuid_v7"))
 
 
+def build_grant_generator_usage() -> sql.Composed:
+    """Every role that inserts calls the v7 generator (the column default): it needs the schema."""
+    return sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(STATE_SCHEMA))
+
+
 def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
     """The shadow key is filled on insert and never changes once set."""
     trig = naming.key_trigger(k.table, k.column)
@@ -73,6 +78,9 @@ def build_drop_key_triggers(k: KeyConversion) -> list[sql.Composed]:
     ]
 
 
+DEFINER = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+
+
 def needs_fixup(f: ForeignKeyConversion) -> bool:
     """A parent can appear after its child in one transaction only if deferred or self-referencing."""
     return f.deferrable or f.table == f.ref_table
@@ -88,7 +96,8 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
     self_ref: sql.Composable = sql.SQL("")
     if f.table == f.ref_table:
         self_ref = sql.SQL(
-            "ELSIF NEW.{} = NEW.{} AND NEW.{} IS NOT NULL THEN\n        NEW.{} := NEW.{};\n    "
+            "ELSIF NEW.{} OPERATOR(pg_catalog.=) NEW.{} AND NEW.{} IS NOT NULL THEN\n"
+            "        NEW.{} := NEW.{};\n    "
         ).format(column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow)
     stmts = [
         render(
@@ -100,6 +109,7 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
             ref_column=sql.Identifier(parent.column),
             ref_shadow=ref_shadow,
             self_ref=self_ref,
+            security=sql.SQL(DEFINER if f.definer else "SECURITY INVOKER"),
         ),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"

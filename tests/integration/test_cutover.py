@@ -21,7 +21,16 @@ import structlog
 from psycopg import sql
 from typer.testing import CliRunner
 
-from helpers import Writer, catalog_snapshot, error_lines, phase_of, spawn_cli, state_snapshot, wait_for
+from helpers import (
+    Writer,
+    catalog_snapshot,
+    constraint_defs,
+    error_lines,
+    phase_of,
+    spawn_cli,
+    state_snapshot,
+    wait_for,
+)
 from online_uuid import api, cli, naming
 from online_uuid.demo.schema import FOREIGN_KEYS, TABLES, create_schema
 from online_uuid.errors import LockTimeoutError
@@ -90,13 +99,6 @@ def _user_visible(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     return snap
 
 
-def _constraints(conn: psycopg.Connection, schema: str = "public") -> dict[tuple[str, str], str]:
-    rows = conn.execute(
-        "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k "
-        "JOIN pg_class c ON c.oid = k.conrelid WHERE c.relnamespace = to_regnamespace(%s)",
-        (sql.Identifier(schema).as_string(None),),
-    ).fetchall()
-    return {(str(t), str(n)): str(d) for t, n, d in rows}
 
 
 def _indexes(conn: psycopg.Connection, schema: str = "public") -> dict[str, str]:
@@ -520,7 +522,7 @@ def _guide_relations(conn: psycopg.Connection) -> dict[str, set[tuple[Any, ...]]
 def test_guide_checklist_after_cutover(dsn: str, conn: psycopg.Connection, cascade: bool) -> None:
     create_schema(conn)
     conn.execute(GUIDE_SEED)
-    rel, cons, idx = _guide_relations(conn), _constraints(conn), _indexes(conn)
+    rel, cons, idx = _guide_relations(conn), constraint_defs(conn), _indexes(conn)
     api.start(dsn, list(TABLES), settings=StartSettings(cascade_deletes=cascade))
     api.cutover(dsn)
 
@@ -531,7 +533,7 @@ def test_guide_checklist_after_cutover(dsn: str, conn: psycopg.Connection, casca
         assert _type(conn, fk.table, fk.column) == "uuid", fk
     # Check foreign key constraints are intact: same names, same rows related.
     assert _guide_relations(conn) == rel
-    after = _constraints(conn)
+    after = constraint_defs(conn)
     assert not [k for k in after if HELPER.search(k[1])]
     names = {n for (_, n), d in after.items() if d.startswith("FOREIGN KEY")}
     assert names == {fk.name for fk in FOREIGN_KEYS}

@@ -157,11 +157,18 @@ def test_start_adds_nullable_uuid_shadows_and_triggers_and_touches_no_data(
         (names.dchild.name, f"ou_{names.dchild.name}_{names.dchild.fk}_fkfix"),
     }
     assert triggers == expected
-    # Trigger functions live in the state schema only, pinned to a safe search_path.
+    # Trigger functions live in the state schema only. The hot ones run as the invoker (every writer
+    # here may read the parent) with schema-qualified operators; the rare fix-up runs as definer,
+    # pinned to a safe search_path.
     funcs = [r for r in after["functions"] if r[0] != "online_uuid"]
     assert funcs == []
     for _, name, body in (r for r in after["functions"] if r[0] == "online_uuid"):
-        assert "SECURITY DEFINER" in body and "search_path TO 'pg_catalog', 'pg_temp'" in body, name
+        definer = "SECURITY DEFINER" in body
+        assert definer == name.endswith("_fkfix_fn"), name
+        if definer:
+            assert "search_path TO 'pg_catalog', 'pg_temp'" in body, name
+        if name.endswith("_fk_fn"):
+            assert "OPERATOR(pg_catalog.=)" in body, name
     snap = h.state_snapshot(conn)[mid]
     assert snap["phase"] == "expanded"
     assert sorted(snap["steps"]) == sorted(
@@ -771,3 +778,32 @@ def test_a_start_racing_another_for_the_state_schema_waits_for_it(dsn: str, conn
         first.close()
     assert second.returncode == 0, err
     assert h.phase_of(conn, "node") == "expanded"
+
+
+def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(dsn: str, conn: psycopg.Connection) -> None:
+    """Invoker triggers are faster, but a role that may insert children without reading parents must still work."""
+    from online_uuid import api
+    from online_uuid.settings import StartSettings
+
+    conn.execute("CREATE TABLE p (id serial PRIMARY KEY, name text UNIQUE)")
+    conn.execute("CREATE TABLE c (id serial PRIMARY KEY, p_id int REFERENCES p (id))")
+    conn.execute("CREATE TABLE r (id serial PRIMARY KEY, c_id int REFERENCES c (id))")
+    conn.execute("INSERT INTO p (name) VALUES ('a'), ('b')")
+    conn.execute("DO $$ BEGIN CREATE ROLE blind_writer LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    conn.execute("GRANT INSERT, SELECT ON c TO blind_writer; GRANT USAGE ON SEQUENCE c_id_seq TO blind_writer")
+    plan = api.plan(dsn, ["p", "c"])
+    by_name = {f.table.name: f for f in plan.foreign_keys}
+    assert by_name["c"].definer and not by_name["r"].definer
+    assert any("blind_writer" in w.object for w in plan.warnings)
+    api.start(dsn, ["p", "c"], settings=StartSettings(backfill=False))
+    conn.execute("INSERT INTO p (name) VALUES ('new')")
+    writer = psycopg.conninfo.make_conninfo(dsn, user="blind_writer")
+    with psycopg.connect(writer, autocommit=True) as w:
+        w.execute("INSERT INTO c (p_id) VALUES (3)")  # p.id 3 = 'new', which has a UUID already
+    row = conn.execute("SELECT c.p_id_uuid = p.id_uuid FROM c JOIN p ON p.id = c.p_id WHERE c.p_id = 3").fetchone()
+    assert row == (True,)
+    bodies = dict(conn.execute(
+        "SELECT proname, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'online_uuid'::regnamespace"
+    ).fetchall())
+    assert "SECURITY DEFINER" in next(b for n, b in bodies.items() if n.endswith("_c_p_id_fk_fn"))
+    assert "SECURITY DEFINER" not in next(b for n, b in bodies.items() if n.endswith("_r_c_id_fk_fn"))

@@ -156,6 +156,8 @@ def swap_statements(
         st.append(s.build_set_not_null(k.table, k.column))
         if side == FORWARD:
             st.append(s.build_drop_constraint(k.table, naming.not_null_check(k.table, k.column)))
+        else:  # the uuid side is a nullable shadow again, exactly as start made it
+            st.append(s.build_set_not_null(k.table, s.col_on(k, out), on=False))
     for f in plan.foreign_keys:
         if f.not_null:
             st.append(s.build_set_not_null(f.table, f.column))

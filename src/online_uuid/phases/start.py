@@ -24,7 +24,13 @@ def start_steps(plan: Plan) -> list[Step]:
     """Keys first (their defaults serve new parents at once), then the FK columns and triggers."""
     steps: list[Step] = []
     if plan.generator.startswith('"online_uuid"'):
-        steps.append(Step("start:uuid_v7", (s.build_uuid_v7_function(),), description="uuid_v7()"))
+        steps.append(
+            Step(
+                "start:uuid_v7",
+                (s.build_uuid_v7_function(), s.build_grant_generator_usage()),
+                description="uuid_v7()",
+            )
+        )
     for k in plan.keys:
         stmts = [
             s.build_add_column(k.table, k.shadow),
