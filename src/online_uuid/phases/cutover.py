@@ -7,6 +7,7 @@ The same code swaps back (rollback after cutover): `side` names the columns comi
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import psycopg
 import structlog
 from psycopg import errors as pgerrors
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from .. import naming, state
 from .. import statements as s
@@ -313,6 +315,47 @@ def run_swap(
     raise AssertionError("unreachable")
 
 
+class _ReleaseProbe:
+    """A second session queued behind the swap's lock: it is granted when the application would be.
+
+    PostgreSQL removes dropped index files after releasing locks, so the time COMMIT takes to return
+    grows with table size while the lock does not; this measures the lock itself.
+    """
+
+    def __init__(self, conn: psycopg.Connection, table: TableRef, name: str) -> None:
+        self.released_at: float | None = None
+        self._thread: threading.Thread | None = None
+        try:
+            dsn = make_conninfo(conn.info.dsn, password=conn.info.password or None)
+            self._conn: psycopg.Connection | None = psycopg.connect(dsn, application_name=name)
+        except psycopg.Error:
+            self._conn = None  # measuring is best effort; the swap never depends on it
+        self._table = table
+
+    def arm(self) -> None:
+        if self._conn is not None:
+            self._thread = threading.Thread(target=self._wait, name="lock-probe", daemon=True)
+            self._thread.start()
+
+    def _wait(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute("SET lock_timeout = '60s'")
+            self._conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(self._table.ident))
+            self.released_at = time.monotonic()
+        except psycopg.Error:
+            pass
+        finally:
+            self._conn.rollback()
+
+    def close(self, timeout: float = 10.0) -> float | None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+        return self.released_at
+
+
 def _swap_once(
     conn: psycopg.Connection,
     mid: str,
@@ -324,18 +367,30 @@ def _swap_once(
     dst: Phase,
 ) -> float:
     """Lock, then send the whole swap in one round trip: the lock is held for catalog work only."""
-    with conn.transaction():
-        conn.execute(
-            sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; {}").format(
-                sql.Literal(f"{lock_ms}ms"), sql.Literal(f"{stmt_ms}ms"), s.build_lock(plan.tables())
+    probe = _ReleaseProbe(conn, plan.tables()[0], naming.application_name(mid, "lock-probe"))
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; {}").format(
+                    sql.Literal(f"{lock_ms}ms"), sql.Literal(f"{stmt_ms}ms"), s.build_lock(plan.tables())
+                )
             )
-        )
-        locked_at = time.monotonic()
-        body = swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side))
-        conn.execute(sql.SQL(";\n").join(body))
-        state.move(conn, mid, src, dst)
-        state.forget_steps(conn, mid, f"prepare:{side}:")
-    return time.monotonic() - locked_at
+            locked_at = time.monotonic()
+            probe.arm()
+            body = swap_statements(
+                plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side)
+            )
+            conn.execute(sql.SQL(";\n").join(body))
+            state.move(conn, mid, src, dst)
+            state.forget_steps(conn, mid, f"prepare:{side}:")
+            commit_sent = time.monotonic()
+        committed = time.monotonic()
+    finally:
+        released = probe.close()
+    # The probe is granted when the locks go; without it, count the whole COMMIT (an upper bound).
+    if released is not None and commit_sent <= released <= committed + 0.001:
+        return released - locked_at
+    return committed - locked_at
 
 
 def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...]) -> int:
