@@ -1,0 +1,298 @@
+"""OLTP probe: latency of a fixed-rate application workload while the backfill runs vs idle.
+
+Targets: the probe's p99 during the backfill at default settings <= 2 x its idle p99; with
+max_rows_per_second=20000 the probe is indistinguishable from idle (here: p50 and p99 within
+1.25 x idle).
+
+The probe runs in its own process (no GIL shared with the backfill): 2 threads, each with its own
+connection, together 200 ops/s on a fixed schedule (40% point read of a parent by id, 30% read of
+a parent's children, 30% INSERT of a child). Latency is measured from each op's *scheduled* start,
+so a stall also counts for the ops queued behind it. "Idle" is measured on the same tables just
+before the backfill, after `api.start` (triggers in place, no backfill), so the ratio isolates the
+backfill. The rate-limited run uses a smaller copy (0.3x) so that it ends in reasonable time:
+the limit, not the table size, sets its load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+from online_uuid import api
+from online_uuid.settings import BackfillSettings, StartSettings
+
+PARENTS = 1_000_000
+CHILDREN = 2_000_000
+THROTTLED_FRACTION = 0.3
+RATE = 200.0
+THREADS = 2
+RATE_LIMIT = 20_000
+TARGET_DEFAULT = 2.0
+TARGET_THROTTLED = 1.25
+
+OPS = (
+    ("read_parent", 40, "SELECT name, created_at FROM app.parent WHERE id = %s"),
+    ("read_children", 30, "SELECT id, payload FROM app.child WHERE parent_id = %s LIMIT 10"),
+    ("insert_child", 30, "INSERT INTO app.child (parent_id, payload) VALUES (%s, 'probe')"),
+)
+
+
+# --- the probe process ------------------------------------------------------------------------
+
+
+def _probe_thread(
+    dsn: str,
+    idx: int,
+    parents: int,
+    rate: float,
+    start_at: float,
+    stop: threading.Event,
+    out: list[tuple[float, float, str, bool]],
+) -> None:
+    rng = random.Random(1000 + idx)
+    names = [o[0] for o in OPS]
+    weights = [o[1] for o in OPS]
+    stmts = {o[0]: o[2] for o in OPS}
+    interval = 1.0 / rate
+    with common.connect(dsn, application_name="bench-probe") as conn:
+        for _ in range(20):  # warm: connections, prepared statements, caches
+            conn.execute(stmts["read_parent"], (rng.randint(1, parents),)).fetchall()
+        k = 0
+        while not stop.is_set():
+            due = start_at + idx * interval / THREADS + k * interval
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            op = rng.choices(names, weights)[0]
+            ok = True
+            try:
+                cur = conn.execute(stmts[op], (rng.randint(1, parents),))
+                if cur.description is not None:
+                    cur.fetchall()
+            except Exception:
+                ok = False
+            out.append((due - start_at, time.monotonic() - due, op, ok))
+            k += 1
+
+
+def probe_main(dsn: str, parents: int, seconds: float, out_path: Path) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    start_at = time.monotonic() + 1.0
+    samples: list[list[tuple[float, float, str, bool]]] = [[] for _ in range(THREADS)]
+    threads = [
+        threading.Thread(
+            target=_probe_thread, args=(dsn, i, parents, RATE / THREADS, start_at, stop, samples[i])
+        )
+        for i in range(THREADS)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    print("ready", flush=True)
+    stop.wait(seconds if seconds > 0 else None)
+    stop.set()
+    for t in threads:
+        t.join()
+    flat = sorted((s for part in samples for s in part), key=lambda s: s[0])
+    out_path.write_text(json.dumps(flat))
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+class Probe:
+    def __init__(self, dsn: str, parents: int, seconds: float = 0) -> None:
+        self.path = Path(f"/tmp/ouuid-probe-{id(self)}-{time.monotonic_ns()}.json")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--probe-dsn",
+                dsn,
+                "--probe-parents",
+                str(parents),
+                "--probe-seconds",
+                str(seconds),
+                "--probe-out",
+                str(self.path),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"probe did not start: {line!r}")
+
+    def finish(self, terminate: bool) -> list[tuple[float, float, str, bool]]:
+        if terminate:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=600)
+        data = [tuple(x) for x in json.loads(self.path.read_text())]
+        self.path.unlink(missing_ok=True)
+        return data  # type: ignore[return-value]
+
+
+def summarize(samples: list[tuple[float, float, str, bool]]) -> dict[str, Any]:
+    lat = [s[1] for s in samples]
+    span = (samples[-1][0] - samples[0][0]) if len(samples) > 1 else 0.0
+    doc = common.latency_summary(lat)
+    doc["errors"] = sum(1 for s in samples if not s[3])
+    doc["seconds"] = round(span, 1)
+    doc["achieved_ops_per_s"] = round(len(samples) / span, 1) if span else 0.0
+    doc["by_op_p99_ms"] = {
+        op: round(common.percentile([s[1] * 1000 for s in samples if s[2] == op], 99), 3)
+        for op in {s[2] for s in samples}
+    }
+    return doc
+
+
+def case(
+    cluster: Any, name: str, parents: int, children: int, idle_s: float, settings: BackfillSettings
+) -> dict[str, Any]:
+    dsn = common.create_database(cluster, name)
+    with common.connect(dsn) as conn:
+        common.create_pair(conn, "app", parents, children)
+        common.vacuum_analyze(conn, "app")
+    mid = api.start(dsn, ["app.parent"], migration=name, settings=StartSettings(backfill=False))
+    with common.connect(dsn) as conn:
+        common.wait_vacuum_idle(conn)
+        common.checkpoint(conn)
+    with common.CpuMeter(cluster) as cpu_idle:
+        idle = Probe(dsn, parents, idle_s).finish(terminate=False)
+    probe = Probe(dsn, parents)
+    cpu = common.CpuMeter(cluster)
+    cpu.__enter__()
+    t0 = time.monotonic()
+    result = api.backfill(dsn, mid, settings=settings)
+    secs = time.monotonic() - t0
+    during = probe.finish(terminate=True)
+    cpu.__exit__(None, None, None)
+    during = [s for s in during if s[0] <= secs]  # only ops scheduled while the backfill ran
+    out = {
+        "parents": parents,
+        "children": children,
+        "backfill": {
+            "rows": result.total_rows,
+            "seconds": round(secs, 2),
+            "rows_per_s": round(result.total_rows / secs, 1),
+            "batches": result.batches,
+            "throttled_s": {k: round(v, 2) for k, v in result.throttled_s.items()},
+        },
+        "idle": {**summarize(idle), **cpu_idle.result},
+        "during": {**summarize(during), **cpu.result},
+    }
+    out["p99_ratio"] = round(out["during"]["p99_ms"] / out["idle"]["p99_ms"], 3)
+    out["p50_ratio"] = round(out["during"]["p50_ms"] / out["idle"]["p50_ms"], 3)
+    return out
+
+
+def main() -> None:
+    args = common.parse_args(
+        __doc__ or "",
+        [
+            ("--probe-dsn", {"default": None, "help": argparse_hidden()}),
+            ("--probe-parents", {"type": int, "default": 0, "help": argparse_hidden()}),
+            ("--probe-seconds", {"type": float, "default": 0.0, "help": argparse_hidden()}),
+            ("--probe-out", {"type": Path, "default": None, "help": argparse_hidden()}),
+        ],
+    )
+    if args.probe_dsn:
+        probe_main(args.probe_dsn, args.probe_parents, args.probe_seconds, args.probe_out)
+        return
+    common.quiet_logs()
+    parents = common.scaled(PARENTS, args.scale, 10_000)
+    children = common.scaled(CHILDREN, args.scale, 20_000)
+    idle_s = max(5.0, round(20 * min(1.0, args.scale**0.5)))
+    t_start = time.monotonic()
+    with common.bench_cluster() as cluster:
+        doc: dict[str, Any] = {"bench": "oltp_probe", "scale": args.scale, **common.header(cluster)}
+        default = case(cluster, "default", parents, children, idle_s, BackfillSettings())
+        print(_line("default settings", default), flush=True)
+        tp, tc = int(parents * THROTTLED_FRACTION), int(children * THROTTLED_FRACTION)
+        throttled = case(
+            cluster,
+            "throttled",
+            max(tp, 10_000),
+            max(tc, 20_000),
+            idle_s,
+            BackfillSettings(max_rows_per_second=RATE_LIMIT),
+        )
+        print(_line(f"max_rows_per_second={RATE_LIMIT}", throttled), flush=True)
+    ok_default = default["p99_ratio"] <= TARGET_DEFAULT and default["during"]["errors"] == 0
+    ok_throttled = (
+        throttled["p99_ratio"] <= TARGET_THROTTLED
+        and throttled["p50_ratio"] <= TARGET_THROTTLED
+        and throttled["during"]["errors"] == 0
+    )
+    targets = {
+        "default": {
+            "target": f"p99 during backfill <= {TARGET_DEFAULT} x idle p99 (default settings)",
+            "idle_p99_ms": default["idle"]["p99_ms"],
+            "during_p99_ms": default["during"]["p99_ms"],
+            "ratio": default["p99_ratio"],
+            "verdict": common.verdict(ok_default),
+        },
+        "throttled": {
+            "target": f"max_rows_per_second={RATE_LIMIT}: p50 and p99 within {TARGET_THROTTLED} x idle",
+            "idle_p99_ms": throttled["idle"]["p99_ms"],
+            "during_p99_ms": throttled["during"]["p99_ms"],
+            "p99_ratio": throttled["p99_ratio"],
+            "p50_ratio": throttled["p50_ratio"],
+            "verdict": common.verdict(ok_throttled),
+        },
+    }
+    doc.update(
+        {
+            "probe": {
+                "ops_per_s": RATE,
+                "threads": THREADS,
+                "mix": {o[0]: o[1] for o in OPS},
+                "latency": "from the scheduled start of each op",
+                "idle_window_s": idle_s,
+            },
+            "default": default,
+            "throttled": throttled,
+            "idle_vs_idle_p99": round(throttled["idle"]["p99_ms"] / default["idle"]["p99_ms"], 3),
+            "targets": targets,
+            "wall_s": round(time.monotonic() - t_start, 1),
+        }
+    )
+    path = common.write_results("oltp_probe", doc, args.out)
+    print(
+        f"default: p99 ratio {default['p99_ratio']:.2f} (<= {TARGET_DEFAULT}) "
+        f"-> {targets['default']['verdict']}; "
+        f"rate-limited: p50 ratio {throttled['p50_ratio']:.2f}, p99 ratio {throttled['p99_ratio']:.2f} "
+        f"(<= {TARGET_THROTTLED}) -> {targets['throttled']['verdict']}"
+    )
+    print(f"wrote {path}")
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _line(label: str, r: dict[str, Any]) -> str:
+    b, i, d = r["backfill"], r["idle"], r["during"]
+    return (
+        f"{label}: backfill {b['rows']:,} rows in {b['seconds']:.1f}s ({b['rows_per_s']:,.0f} rows/s); "
+        f"probe idle p50 {i['p50_ms']:.2f} p99 {i['p99_ms']:.2f} ms | during p50 {d['p50_ms']:.2f} "
+        f"p99 {d['p99_ms']:.2f} max {d['max_ms']:.1f} ms, errors {d['errors']} | "
+        f"p99 x{r['p99_ratio']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
