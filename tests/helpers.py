@@ -741,3 +741,21 @@ def constraint_defs(conn: psycopg.Connection, schema: str = "public") -> dict[tu
         (sql.Identifier(schema).as_string(None),),
     ).fetchall()
     return {(str(t), str(n)): str(d) for t, n, d in rows if not str(n).endswith("_int_not_null")}
+
+
+def cli_in_process(*args: str, dsn: str) -> tuple[int, str, str]:
+    """`online-uuid ARGS --dsn DSN` in this process; the CLI's log setup (on the runner's stderr) undone."""
+    import logging
+
+    import structlog
+    from typer.testing import CliRunner
+
+    from online_uuid.cli import app
+
+    saved, handlers = structlog.get_config(), list(logging.root.handlers)
+    try:
+        result = CliRunner().invoke(app, [*args, "--dsn", dsn])
+    finally:
+        structlog.configure(**saved)
+        logging.root.handlers[:] = handlers
+    return result.exit_code, result.stdout, result.stderr

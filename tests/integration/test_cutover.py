@@ -7,7 +7,6 @@ joining on the new UUID keys and finding the same (child, parent) pairs as befor
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 import time
@@ -17,9 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from psycopg import sql
-from typer.testing import CliRunner
 
 from helpers import (
     Writer,
@@ -31,7 +28,8 @@ from helpers import (
     state_snapshot,
     wait_for,
 )
-from online_uuid import api, cli, naming
+from helpers import cli_in_process as _cli
+from online_uuid import api, naming
 from online_uuid.demo.schema import FOREIGN_KEYS, TABLES, create_schema
 from online_uuid.errors import LockTimeoutError
 from online_uuid.model import Phase, TableRef
@@ -56,15 +54,6 @@ HELPER = re.compile(r"^ou_|_ou$")  # names of the tool's preparation objects (na
 FAST_GIVE_UP = ("--lock-timeout", "100", "--max-attempts", "3", "--retry-for", "5")
 
 
-def _cli(*args: str, dsn: str) -> tuple[int, str, str]:
-    """`online-uuid ARGS --dsn DSN` in process; the CLI's log setup (on the runner's stderr) undone."""
-    saved, handlers = structlog.get_config(), list(logging.root.handlers)
-    try:
-        result = CliRunner().invoke(cli.app, [*args, "--dsn", dsn])
-    finally:
-        structlog.configure(**saved)
-        logging.root.handlers[:] = handlers
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _seed(conn: psycopg.Connection, parents: int, children: int) -> None:

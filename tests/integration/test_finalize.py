@@ -7,7 +7,6 @@ schema that `pg_dump --schema-only` cannot tell from one created with UUID keys 
 from __future__ import annotations
 
 import difflib
-import logging
 import re
 import secrets
 from collections.abc import Iterator
@@ -17,12 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from psycopg import sql
-from typer.testing import CliRunner
 
-from helpers import catalog_snapshot, constraint_defs, phase_of, schema_dump
-from online_uuid import api, cli
+from helpers import catalog_snapshot, constraint_defs, fresh_database, phase_of, schema_dump
+from helpers import cli_in_process as _cli
+from online_uuid import api
 from online_uuid.embedded import PgServer
 from online_uuid.model import Phase
 from online_uuid.settings import StartSettings
@@ -30,15 +28,6 @@ from online_uuid.settings import StartSettings
 HELPER = re.compile(r"^ou_|_ou$")  # names of the tool's preparation objects (naming.py)
 
 
-def _cli(*args: str, dsn: str) -> tuple[int, str, str]:
-    """`online-uuid ARGS --dsn DSN` in process; the CLI's log setup (on the runner's stderr) undone."""
-    saved, handlers = structlog.get_config(), list(logging.root.handlers)
-    try:
-        result = CliRunner().invoke(cli.app, [*args, "--dsn", dsn])
-    finally:
-        structlog.configure(**saved)
-        logging.root.handlers[:] = handlers
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _ns(schema: str) -> str:
@@ -129,14 +118,8 @@ def _assert_same_dump(pg_bin: Path, migrated: str, reference: str) -> None:
 @pytest.fixture
 def reference_dsn(pg_server: PgServer) -> Iterator[str]:
     """A second fresh database on the same server, for the schema created with UUID keys from the start."""
-    name = f"ref_{secrets.token_hex(6)}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    try:
-        yield pg_server.dsn_for(name)
-    finally:
-        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(pg_server.dsn, pg_server.dsn_for) as reference:
+        yield reference
 
 
 @pytest.fixture
