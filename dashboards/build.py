@@ -37,59 +37,182 @@ def pct(by: str) -> str:
 Spec = tuple[str, str, str, int, int, list[tuple[str, str]], str, dict[str, Any]]
 STAT = {"options": {"colorMode": "value", "graphMode": "none", "textMode": "auto"}}
 PANELS: list[Spec] = [
-    ("Phase", "stat", "none", 4, 5,
-     [(f"max by (phase) ({sel('online_uuid_phase')}) == 1", "{{phase}}")],
-     "The migration's current phase.",
-     {"options": {"colorMode": "none", "graphMode": "none", "textMode": "name"}}),
-    ("Overall progress", "gauge", "percent", 5, 5, [(pct(""), "done")],
-     "Rows backfilled by this run / (backfilled + remaining), over the selected tables.",
-     {"min": 0, "max": 100}),
-    ("ETA", "stat", "dtdurations", 5, 5, [(f"max({sel('online_uuid_eta_seconds')})", "eta")],
-     "Estimated time until the backfill ends.", STAT),
-    ("Paused", "stat", "none", 4, 5, [(f"max({sel('online_uuid_paused')})", "paused")],
-     "`online-uuid pause` holds the backfill; `resume` continues it.",
-     {**STAT, "mappings": [{"type": "value", "options": {
-         "0": {"text": "running", "color": "green"},
-         "1": {"text": "PAUSED", "color": "orange"}}}]}),
-    ("Cutover lock held", "stat", "s", 6, 5,
-     [(f"max({sel('online_uuid_cutover_lock_held_seconds')})", "lock held")],
-     "How long the last cutover held its locks.", STAT),
-    ("Progress per table/column", "bargauge", "percent", 12, 8,
-     [(pct("table, column"), "{{table}}.{{column}}")],
-     "Share of each shadow column filled by this run.",
-     {"min": 0, "max": 100, "options": {"displayMode": "gradient", "orientation": "horizontal"}}),
-    ("Rows remaining", "timeseries", "short", 12, 8,
-     [(f"sum by (table, column) ({LEFT})", "{{table}}.{{column}}")],
-     "Rows left to backfill, estimated from the key position.", {}),
-    ("Rows/s per table", "timeseries", "rowsps", 12, 8,
-     [(f"sum by (table) (rate({DONE}[$__rate_interval]))", "{{table}}")],
-     "Backfill throughput.", {}),
-    ("Batch duration p50/p99", "timeseries", "s", 12, 8,
-     [(quantile("0.5"), "p50 {{table}}"), (quantile("0.99"), "p99 {{table}}")],
-     "Wall time of one batch transaction; the batch size adapts toward --target-batch-ms.", {}),
-    ("Batch size", "timeseries", "short", 12, 8,
-     [(f"sum by (table) ({sel('online_uuid_batch_size', table=True)})", "{{table}}")],
-     "Current adaptive batch size in rows.", {}),
-    ("Throttle state by reason", "state-timeline", "none", 12, 8,
-     [(f"max by (reason) ({sel('online_uuid_throttled')})", "{{reason}}")],
-     "1 while the backfill is held back for this reason.",
-     {"mappings": [{"type": "value", "options": {
-         "0": {"text": "ok", "color": "green"}, "1": {"text": "throttled", "color": "orange"}}}]}),
-    ("Replication lag", "timeseries", "s", 12, 8,
-     [(f"max by (replica) ({sel('online_uuid_replication_lag_seconds')})", "{{replica}}")],
-     f"Replay lag of each standby; the red line is the {LAG_THRESHOLD_S}s throttle threshold.",
-     {"thresholds": [LAG_THRESHOLD_S], "custom": {"thresholdsStyle": {"mode": "line+area"}}}),
-    ("Errors and retries by kind", "timeseries", "ops", 12, 8,
-     [(f"sum by (kind) (rate({sel('online_uuid_errors_total')}[$__rate_interval]))", "{{kind}}")],
-     "Errors met; transient ones are retried.", {}),
-    ("Cutover attempts by outcome", "timeseries", "short", 12, 8,
-     [(f"sum by (outcome) (increase({sel('online_uuid_cutover_attempts_total')}"
-       "[$__rate_interval]))", "{{outcome}}")],
-     "Cutover lock attempts; failed ones are retried with backoff.",
-     {"custom": {"drawStyle": "bars", "fillOpacity": 80}}),
-    ("Dead tuples per table", "timeseries", "short", 12, 8,
-     [(f"sum by (table) ({sel('online_uuid_dead_tuples', table=True)})", "{{table}}")],
-     "n_dead_tup of each table being backfilled; autovacuum should keep it bounded.", {}),
+    (
+        "Phase",
+        "stat",
+        "none",
+        4,
+        5,
+        [(f"max by (phase) ({sel('online_uuid_phase')}) == 1", "{{phase}}")],
+        "The migration's current phase.",
+        {"options": {"colorMode": "none", "graphMode": "none", "textMode": "name"}},
+    ),
+    (
+        "Overall progress",
+        "gauge",
+        "percent",
+        5,
+        5,
+        [(pct(""), "done")],
+        "Rows backfilled by this run / (backfilled + remaining), over the selected tables.",
+        {"min": 0, "max": 100},
+    ),
+    (
+        "ETA",
+        "stat",
+        "dtdurations",
+        5,
+        5,
+        [(f"max({sel('online_uuid_eta_seconds')})", "eta")],
+        "Estimated time until the backfill ends.",
+        STAT,
+    ),
+    (
+        "Paused",
+        "stat",
+        "none",
+        4,
+        5,
+        [(f"max({sel('online_uuid_paused')})", "paused")],
+        "`online-uuid pause` holds the backfill; `resume` continues it.",
+        {
+            **STAT,
+            "mappings": [
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": "running", "color": "green"},
+                        "1": {"text": "PAUSED", "color": "orange"},
+                    },
+                }
+            ],
+        },
+    ),
+    (
+        "Cutover lock held",
+        "stat",
+        "s",
+        6,
+        5,
+        [(f"max({sel('online_uuid_cutover_lock_held_seconds')})", "lock held")],
+        "How long the last cutover held its locks.",
+        STAT,
+    ),
+    (
+        "Progress per table/column",
+        "bargauge",
+        "percent",
+        12,
+        8,
+        [(pct("table, column"), "{{table}}.{{column}}")],
+        "Share of each shadow column filled by this run.",
+        {"min": 0, "max": 100, "options": {"displayMode": "gradient", "orientation": "horizontal"}},
+    ),
+    (
+        "Rows remaining",
+        "timeseries",
+        "short",
+        12,
+        8,
+        [(f"sum by (table, column) ({LEFT})", "{{table}}.{{column}}")],
+        "Rows left to backfill, estimated from the key position.",
+        {},
+    ),
+    (
+        "Rows/s per table",
+        "timeseries",
+        "rowsps",
+        12,
+        8,
+        [(f"sum by (table) (rate({DONE}[$__rate_interval]))", "{{table}}")],
+        "Backfill throughput.",
+        {},
+    ),
+    (
+        "Batch duration p50/p99",
+        "timeseries",
+        "s",
+        12,
+        8,
+        [(quantile("0.5"), "p50 {{table}}"), (quantile("0.99"), "p99 {{table}}")],
+        "Wall time of one batch transaction; the batch size adapts toward --target-batch-ms.",
+        {},
+    ),
+    (
+        "Batch size",
+        "timeseries",
+        "short",
+        12,
+        8,
+        [(f"sum by (table) ({sel('online_uuid_batch_size', table=True)})", "{{table}}")],
+        "Current adaptive batch size in rows.",
+        {},
+    ),
+    (
+        "Throttle state by reason",
+        "state-timeline",
+        "none",
+        12,
+        8,
+        [(f"max by (reason) ({sel('online_uuid_throttled')})", "{{reason}}")],
+        "1 while the backfill is held back for this reason.",
+        {
+            "mappings": [
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": "ok", "color": "green"},
+                        "1": {"text": "throttled", "color": "orange"},
+                    },
+                }
+            ]
+        },
+    ),
+    (
+        "Replication lag",
+        "timeseries",
+        "s",
+        12,
+        8,
+        [(f"max by (replica) ({sel('online_uuid_replication_lag_seconds')})", "{{replica}}")],
+        f"Replay lag of each standby; the red line is the {LAG_THRESHOLD_S}s throttle threshold.",
+        {"thresholds": [LAG_THRESHOLD_S], "custom": {"thresholdsStyle": {"mode": "line+area"}}},
+    ),
+    (
+        "Errors and retries by kind",
+        "timeseries",
+        "ops",
+        12,
+        8,
+        [(f"sum by (kind) (rate({sel('online_uuid_errors_total')}[$__rate_interval]))", "{{kind}}")],
+        "Errors met; transient ones are retried.",
+        {},
+    ),
+    (
+        "Cutover attempts by outcome",
+        "timeseries",
+        "short",
+        12,
+        8,
+        [
+            (
+                f"sum by (outcome) (increase({sel('online_uuid_cutover_attempts_total')}[$__rate_interval]))",
+                "{{outcome}}",
+            )
+        ],
+        "Cutover lock attempts; failed ones are retried with backoff.",
+        {"custom": {"drawStyle": "bars", "fillOpacity": 80}},
+    ),
+    (
+        "Dead tuples per table",
+        "timeseries",
+        "short",
+        12,
+        8,
+        [(f"sum by (table) ({sel('online_uuid_dead_tuples', table=True)})", "{{table}}")],
+        "n_dead_tup of each table being backfilled; autovacuum should keep it bounded.",
+        {},
+    ),
 ]
 
 
@@ -119,8 +242,7 @@ def panel(pid: int, x: int, y: int, spec: Spec) -> dict[str, Any]:
             **extra.get("options", {}),
         },
         "targets": [
-            {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(65 + i),
-             "range": True}
+            {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(65 + i), "range": True}
             for i, (expr, legend) in enumerate(targets)
         ],
     }
@@ -128,11 +250,21 @@ def panel(pid: int, x: int, y: int, spec: Spec) -> dict[str, Any]:
 
 def variable(name: str, label: str, query: str) -> dict[str, Any]:
     return {
-        "name": name, "label": label, "type": "query", "datasource": DS,
-        "query": query, "definition": query,
-        "refresh": 2, "sort": 1, "multi": True, "includeAll": True, "allValue": ".*",
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": query,
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "options": [], "hide": 0, "regex": "",
+        "options": [],
+        "hide": 0,
+        "regex": "",
     }
 
 
@@ -146,9 +278,10 @@ def build() -> dict[str, Any]:
     kinds = sorted({p["type"] for p in panels})
     return {
         "__inputs": [],
-        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
-                       {"type": "datasource", "id": "prometheus", "name": "Prometheus",
-                        "version": "1.0.0"}]
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        ]
         + [{"type": "panel", "id": k, "name": k, "version": ""} for k in kinds],
         "id": None,
         "uid": "online-uuid",
@@ -164,18 +297,38 @@ def build() -> dict[str, Any]:
         "timepicker": {},
         "timezone": "",
         "links": [],
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
-            "type": "dashboard"}]},
-        "templating": {"list": [
-            {"name": "datasource", "label": "Data source", "type": "datasource",
-             "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "",
-             "options": []},
-            variable("instance", "Instance", "label_values(online_uuid_phase, instance)"),
-            variable("table", "Table",
-                     'label_values(online_uuid_rows_remaining{instance=~"$instance"}, table)'),
-        ]},
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                    "options": [],
+                },
+                variable("instance", "Instance", "label_values(online_uuid_phase, instance)"),
+                variable(
+                    "table", "Table", 'label_values(online_uuid_rows_remaining{instance=~"$instance"}, table)'
+                ),
+            ]
+        },
         "panels": panels,
     }
 

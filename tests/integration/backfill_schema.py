@@ -33,14 +33,26 @@ def q(*parts: str) -> sql.Identifier:
 
 def _fk(name: str, table: TableRef, column: str, batch: str) -> ForeignKeyConversion:
     return ForeignKeyConversion(
-        name=name, table=table, column=column, shadow=f"{column}_uuid", retired=f"{column}_int",
-        ref_table=PARENT, ref_column="select", on_delete="a", on_update="a", batch_column=batch,
+        name=name,
+        table=table,
+        column=column,
+        shadow=f"{column}_uuid",
+        retired=f"{column}_int",
+        ref_table=PARENT,
+        ref_column="select",
+        on_delete="a",
+        on_update="a",
+        batch_column=batch,
     )
 
 
 def make_plan() -> Plan:
     key = KeyConversion(
-        table=PARENT, column="select", type="bigint", shadow="select_uuid", retired="select_int",
+        table=PARENT,
+        column="select",
+        type="bigint",
+        shadow="select_uuid",
+        retired="select_int",
         constraint="Parent_pkey",
     )
     fks = (
@@ -66,34 +78,48 @@ def create_schema(conn: psycopg.Connection, parents: int, children: int, leaves:
     """Tables as `start` leaves them: shadow columns with a default for new keys, NULL elsewhere."""
     keys = sparse_keys(parents)
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(q(SCHEMA)))
-    conn.execute(sql.SQL(
-        "CREATE TABLE {p} ({k} bigint PRIMARY KEY, {pid} bigint REFERENCES {p}, name text);"
-        "CREATE TABLE {c} (id integer PRIMARY KEY, {cp} bigint REFERENCES {p}, note text);"
-        "CREATE TABLE {l} (pid bigint REFERENCES {p}, v int); CREATE INDEX ON {l} (pid);"
-    ).format(p=PARENT.ident, k=q("select"), pid=q("Parent Id"), c=CHILD.ident, cp=q("Parent"),
-             l=LEAF.ident))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {p} ({k} bigint PRIMARY KEY, {pid} bigint REFERENCES {p}, name text);"
+            "CREATE TABLE {c} (id integer PRIMARY KEY, {cp} bigint REFERENCES {p}, note text);"
+            "CREATE TABLE {l} (pid bigint REFERENCES {p}, v int); CREATE INDEX ON {l} (pid);"
+        ).format(
+            p=PARENT.ident, k=q("select"), pid=q("Parent Id"), c=CHILD.ident, cp=q("Parent"), l=LEAF.ident
+        )
+    )
     with conn.transaction():
         conn.execute(
-            sql.SQL("INSERT INTO {} SELECT k, CASE WHEN i %% 3 = 0 THEN (%s::bigint[])[1 + i / 2] END, "
-                    "'p' || i FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)").format(PARENT.ident),
+            sql.SQL(
+                "INSERT INTO {} SELECT k, CASE WHEN i %% 3 = 0 THEN (%s::bigint[])[1 + i / 2] END, "
+                "'p' || i FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i)"
+            ).format(PARENT.ident),
             (keys, keys),
         )
         conn.execute(
-            sql.SQL("INSERT INTO {} SELECT i * 7919, CASE WHEN i %% 5 <> 0 THEN "
-                    "(%s::bigint[])[1 + (i * 31) %% %s] END, 'c' FROM generate_series(1, %s) i"
-                    ).format(CHILD.ident),
+            sql.SQL(
+                "INSERT INTO {} SELECT i * 7919, CASE WHEN i %% 5 <> 0 THEN "
+                "(%s::bigint[])[1 + (i * 31) %% %s] END, 'c' FROM generate_series(1, %s) i"
+            ).format(CHILD.ident),
             (keys, len(keys), children),
         )
         conn.execute(
-            sql.SQL("INSERT INTO {} SELECT (%s::bigint[])[1 + (i * 17) %% %s], i "
-                    "FROM generate_series(1, %s) i").format(LEAF.ident),
+            sql.SQL(
+                "INSERT INTO {} SELECT (%s::bigint[])[1 + (i * 17) %% %s], i FROM generate_series(1, %s) i"
+            ).format(LEAF.ident),
             (keys, len(keys), leaves),
         )
-    for t, col in ((PARENT, "select_uuid"), (PARENT, "Parent Id_uuid"), (CHILD, "Parent_uuid"),
-                   (LEAF, "pid_uuid")):
+    for t, col in (
+        (PARENT, "select_uuid"),
+        (PARENT, "Parent Id_uuid"),
+        (CHILD, "Parent_uuid"),
+        (LEAF, "pid_uuid"),
+    ):
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} uuid").format(t.ident, q(col)))
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT gen_random_uuid()").format(
-        PARENT.ident, q("select_uuid")))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT gen_random_uuid()").format(
+            PARENT.ident, q("select_uuid")
+        )
+    )
     conn.execute("ANALYZE")
     return keys
 
@@ -106,16 +132,28 @@ def add_fk_triggers(conn: psycopg.Connection) -> None:
         self_ref: sql.Composable = sql.SQL("")
         if t == PARENT:
             self_ref = sql.SQL("ELSIF NEW.{c} = NEW.{k} THEN NEW.{s} := NEW.{ks}; ").format(
-                c=q(col), k=q("select"), s=shadow, ks=q("select_uuid"))
-        conn.execute(sql.SQL(
-            "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
-            "IF NEW.{c} IS NULL THEN NEW.{s} := NULL; {self_ref}"
-            "ELSE NEW.{s} := (SELECT p.{ks} FROM {p} p WHERE p.{k} = NEW.{c}); END IF; "
-            "RETURN NEW; END $f$; "
-            "CREATE TRIGGER {tg} BEFORE INSERT OR UPDATE OF {c} ON {t} "
-            "FOR EACH ROW EXECUTE FUNCTION {fn}()"
-        ).format(fn=fn, c=q(col), s=shadow, self_ref=self_ref, ks=q("select_uuid"), p=PARENT.ident,
-                 k=q("select"), tg=q(f"sync_{col}"), t=t.ident))
+                c=q(col), k=q("select"), s=shadow, ks=q("select_uuid")
+            )
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+                "IF NEW.{c} IS NULL THEN NEW.{s} := NULL; {self_ref}"
+                "ELSE NEW.{s} := (SELECT p.{ks} FROM {p} p WHERE p.{k} = NEW.{c}); END IF; "
+                "RETURN NEW; END $f$; "
+                "CREATE TRIGGER {tg} BEFORE INSERT OR UPDATE OF {c} ON {t} "
+                "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+            ).format(
+                fn=fn,
+                c=q(col),
+                s=shadow,
+                self_ref=self_ref,
+                ks=q("select_uuid"),
+                p=PARENT.ident,
+                k=q("select"),
+                tg=q(f"sync_{col}"),
+                t=t.ident,
+            )
+        )
 
 
 def create_migration(conn: psycopg.Connection, plan: Plan | None = None) -> Plan:
@@ -136,14 +174,12 @@ def problems(conn: psycopg.Connection) -> dict[str, int]:
     """Rows whose shadow is wrong; all zero when the backfill is complete and correct."""
     base = {"p": PARENT.ident, "k": q("select"), "ks": q("select_uuid")}
     fk_check = sql.SQL(
-        "SELECT count(*) FROM {t} c LEFT JOIN {p} p ON p.{k} = c.{fk} "
-        "WHERE c.{fs} IS DISTINCT FROM p.{ks}"
+        "SELECT count(*) FROM {t} c LEFT JOIN {p} p ON p.{k} = c.{fk} WHERE c.{fs} IS DISTINCT FROM p.{ks}"
     )
     checks = {
         "key_null": sql.SQL("SELECT count(*) FROM {p} WHERE {ks} IS NULL").format(**base),
         "key_dupe": sql.SQL("SELECT count(*) - count(DISTINCT {ks}) FROM {p}").format(**base),
-        "self_bad": fk_check.format(t=PARENT.ident, fk=q("Parent Id"), fs=q("Parent Id_uuid"),
-                                    **base),
+        "self_bad": fk_check.format(t=PARENT.ident, fk=q("Parent Id"), fs=q("Parent Id_uuid"), **base),
         "order_bad": fk_check.format(t=CHILD.ident, fk=q("Parent"), fs=q("Parent_uuid"), **base),
         "leaf_bad": fk_check.format(t=LEAF.ident, fk=q("pid"), fs=q("pid_uuid"), **base),
     }
@@ -151,8 +187,11 @@ def problems(conn: psycopg.Connection) -> dict[str, int]:
 
 
 def key_uuids(conn: psycopg.Connection) -> dict[int, str]:
-    rows = conn.execute(sql.SQL("SELECT {}, {}::text FROM {} WHERE {} IS NOT NULL").format(
-        q("select"), q("select_uuid"), PARENT.ident, q("select_uuid"))).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT {}, {}::text FROM {} WHERE {} IS NOT NULL").format(
+            q("select"), q("select_uuid"), PARENT.ident, q("select_uuid")
+        )
+    ).fetchall()
     return dict(rows)
 
 
@@ -233,8 +272,13 @@ def rows_done(conn: psycopg.Connection) -> int:
     return int(scalar(conn, "SELECT coalesce(sum(rows_done), 0) FROM online_uuid.backfill"))
 
 
-SLOW = BackfillSettings(initial_batch_size=100, min_batch_size=100, max_batch_size=100,
-                        vacuum_every_pct=0, max_rows_per_second=2000)
+SLOW = BackfillSettings(
+    initial_batch_size=100,
+    min_batch_size=100,
+    max_batch_size=100,
+    vacuum_every_pct=0,
+    max_rows_per_second=2000,
+)
 
 
 def setup_big(conn: psycopg.Connection) -> None:

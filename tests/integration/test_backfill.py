@@ -59,8 +59,9 @@ def test_sparse_keys_fill_everything_without_empty_batches(dsn: str, conn: psyco
     create_migration(conn)
     rec = Recorder()
     size = 500
-    settings = BackfillSettings(initial_batch_size=size, min_batch_size=size, max_batch_size=size,
-                                vacuum_every_pct=25)
+    settings = BackfillSettings(
+        initial_batch_size=size, min_batch_size=size, max_batch_size=size, vacuum_every_pct=25
+    )
     result = run_backfill(dsn, MID, settings, progress=rec)
     assert result.phase == Phase.BACKFILLED.value and not result.stopped
     assert problems(conn) == ALL_ZERO
@@ -68,11 +69,11 @@ def test_sparse_keys_fill_everything_without_empty_batches(dsn: str, conn: psyco
     assert all(0.0 <= s.fraction <= 1.0 for s in rec.snaps)
     assert rec.snaps and all(s.fraction == 1.0 for s in rec.snaps if s.done)
     js = jobs(conn)
-    key = js['key:App Data.Parent.select']
+    key = js["key:App Data.Parent.select"]
     assert key["rows_done"] == len(keys) and key["percent"] == 100.0
     assert key["batches"] <= len(keys) // size + 2  # no flood of empty batches on the gaps
     assert js["fk:App Data.order.Parent"]["batches"] <= 8_000 // size + 2
-    assert result.rows['key:App Data.Parent.select'] == len(keys)
+    assert result.rows["key:App Data.Parent.select"] == len(keys)
     assert result.batches == sum(j["batches"] for j in js.values())
     # a rerun finds the phase backfilled and returns at once
     again = run_backfill(dsn, MID, settings)
@@ -88,8 +89,18 @@ def test_adaptive_batches_and_status_shape(dsn: str, conn: psycopg.Connection) -
     assert js["key:App Data.Parent.select"]["batch_size"] > 100  # it grew
     doc = control.status(conn, MID)
     json.dumps(doc)  # JSON-able
-    assert set(doc) >= {"migration", "phase", "paused", "last_error", "progress", "jobs",
-                        "throttle", "barrier", "dead_tuples", "events"}
+    assert set(doc) >= {
+        "migration",
+        "phase",
+        "paused",
+        "last_error",
+        "progress",
+        "jobs",
+        "throttle",
+        "barrier",
+        "dead_tuples",
+        "events",
+    }
     assert doc["progress"]["percent"] == 100.0 and doc["barrier"]["passed"]
     assert doc["barrier"]["at"] is not None
     assert all(j["state"] == "done" for j in doc["jobs"])
@@ -140,8 +151,9 @@ run_backfill(sys.argv[1], sys.argv[2], BackfillSettings(
 
 def _spawn(dsn: str, log: Path, nice: float = 0.0) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:
-        return subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, dsn, MID, str(nice)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD_SCRIPT, dsn, MID, str(nice)], stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
 @pytest.mark.parametrize(
@@ -179,8 +191,9 @@ def test_kill_9_at_random_moments_then_resume(
     js = jobs(conn)
     # each row counted exactly once across all the killed runs: nothing skipped, nothing twice
     assert js["key:App Data.Parent.select"]["rows_done"] == len(keys)
-    assert js["fk:App Data.order.Parent"]["rows_done"] == scalar(conn, sql.SQL(
-        "SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(CHILD.ident, q("Parent")))
+    assert js["fk:App Data.order.Parent"]["rows_done"] == scalar(
+        conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(CHILD.ident, q("Parent"))
+    )
     assert state.load(conn, MID).phase is Phase.BACKFILLED
 
 
@@ -190,23 +203,32 @@ def test_kill_9_at_random_moments_then_resume(
 def _writer(dsn: str, stop: threading.Event, counts: dict[str, int]) -> None:
     rnd = random.Random(3)
     with psycopg.connect(dsn, autocommit=True) as w:
-        ids = [r[0] for r in w.execute(sql.SQL("SELECT {} FROM {}").format(
-            q("select"), PARENT.ident)).fetchall()]
+        ids = [
+            r[0] for r in w.execute(sql.SQL("SELECT {} FROM {}").format(q("select"), PARENT.ident)).fetchall()
+        ]
         next_id, child_id = 9 * 10**17, 2_000_000_000
         while not stop.is_set():
             with w.transaction():
                 next_id += 1
-                w.execute(sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(
-                    PARENT.ident, q("select"), q("Parent Id")), (next_id, rnd.choice(ids)))
+                w.execute(
+                    sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(
+                        PARENT.ident, q("select"), q("Parent Id")
+                    ),
+                    (next_id, rnd.choice(ids)),
+                )
                 ids.append(next_id)
                 child_id += 1
-                w.execute(sql.SQL("INSERT INTO {} (id, {}) VALUES (%s, %s)").format(
-                    CHILD.ident, q("Parent")), (child_id, rnd.choice(ids)))
-                w.execute(sql.SQL("INSERT INTO {} (pid) VALUES (%s)").format(LEAF.ident),
-                          (rnd.choice(ids),))
-                w.execute(sql.SQL("UPDATE {} SET {} = %s WHERE id = (SELECT min(id) FROM {})"
-                                  ).format(CHILD.ident, q("Parent"), CHILD.ident),
-                          (rnd.choice(ids),))
+                w.execute(
+                    sql.SQL("INSERT INTO {} (id, {}) VALUES (%s, %s)").format(CHILD.ident, q("Parent")),
+                    (child_id, rnd.choice(ids)),
+                )
+                w.execute(sql.SQL("INSERT INTO {} (pid) VALUES (%s)").format(LEAF.ident), (rnd.choice(ids),))
+                w.execute(
+                    sql.SQL("UPDATE {} SET {} = %s WHERE id = (SELECT min(id) FROM {})").format(
+                        CHILD.ident, q("Parent"), CHILD.ident
+                    ),
+                    (rnd.choice(ids),),
+                )
             counts["tx"] += 1
 
 
@@ -226,8 +248,9 @@ def test_concurrent_writer_every_row_right(
     t.start()
     try:
         wait_for(lambda: counts["tx"] > 5, what="writer")
-        settings = BackfillSettings(initial_batch_size=300, max_batch_size=1000,
-                                    vacuum_every_pct=20, workers=workers)
+        settings = BackfillSettings(
+            initial_batch_size=300, max_batch_size=1000, vacuum_every_pct=20, workers=workers
+        )
         result = run_backfill(dsn, MID, settings)
         time.sleep(0.3)
     finally:
@@ -245,8 +268,11 @@ def test_barrier_waits_for_older_transactions(dsn: str, conn: psycopg.Connection
     other = psycopg.connect(dsn)
     other.execute("SELECT 1")  # an open transaction, begun before the barrier
     with Running(dsn, FAST) as run:
-        wait_for(lambda: control.status(conn, MID)["barrier"]["waiting_on"] != [], timeout=20,
-                 what="barrier to report its waiters")
+        wait_for(
+            lambda: control.status(conn, MID)["barrier"]["waiting_on"] != [],
+            timeout=20,
+            what="barrier to report its waiters",
+        )
         doc = control.status(conn, MID)
         assert doc["barrier"]["at"] and not doc["barrier"]["passed"]
         assert doc["barrier"]["waiting_on"][0]["pid"] == str(other.info.backend_pid)

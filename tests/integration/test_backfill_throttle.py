@@ -44,10 +44,6 @@ def big(dsn: str, conn: psycopg.Connection) -> Iterator[None]:
 # -- (c) throttles engage and release ----------------------------------------------------------
 
 
-
-
-
-
 def test_pause_and_resume_from_another_session(dsn: str, conn: psycopg.Connection, big: None) -> None:
     with Running(dsn, SLOW) as run:
         wait_for(lambda: rows_done(conn) > 0, what="first batch")
@@ -94,8 +90,10 @@ def test_throttle_query_engages_and_releases(dsn: str, conn: psycopg.Connection,
     conn.execute("INSERT INTO gate VALUES (1)")
     settings = BackfillSettings(throttle_query="SELECT hold FROM public.gate", vacuum_every_pct=0)
     with Running(dsn, settings) as run:
-        wait_for(lambda: run.gauge("online_uuid_throttled", reason="throttle_query") == 1,
-                 what="throttle_query reason")
+        wait_for(
+            lambda: run.gauge("online_uuid_throttled", reason="throttle_query") == 1,
+            what="throttle_query reason",
+        )
         frozen = rows_done(conn)
         time.sleep(1.2)
         assert rows_done(conn) == frozen == 0
@@ -114,12 +112,22 @@ def test_active_sessions_throttle(dsn: str, conn: psycopg.Connection, big: None)
     try:
         for t in threads:
             t.start()
-        wait_for(lambda: scalar(
-            conn, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' "
-            "AND state = 'active'") == 3, what="sleepers")
+        wait_for(
+            lambda: (
+                scalar(
+                    conn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' "
+                    "AND state = 'active'",
+                )
+                == 3
+            ),
+            what="sleepers",
+        )
         with Running(dsn, BackfillSettings(max_active_sessions=2, vacuum_every_pct=0)) as run:
-            wait_for(lambda: run.gauge("online_uuid_throttled", reason="active_sessions") == 1,
-                     what="active_sessions reason")
+            wait_for(
+                lambda: run.gauge("online_uuid_throttled", reason="active_sessions") == 1,
+                what="active_sessions reason",
+            )
             assert rows_done(conn) == 0
             result = run.join()
         assert result.throttled_s["active_sessions"] >= 1.0
@@ -133,19 +141,23 @@ def test_active_sessions_throttle(dsn: str, conn: psycopg.Connection, big: None)
 
 def test_blocking_a_writer_backs_off(dsn: str, conn: psycopg.Connection, big: None) -> None:
     """A writer waiting on the batch's row locks is seen before commit; the batch shrinks."""
-    keys = [r[0] for r in conn.execute(sql.SQL("SELECT {} FROM {}").format(
-        q("select"), PARENT.ident)).fetchall()]
+    keys = [
+        r[0] for r in conn.execute(sql.SQL("SELECT {} FROM {}").format(q("select"), PARENT.ident)).fetchall()
+    ]
     stop = threading.Event()
 
     def writer() -> None:
         rnd = random.Random(5)
         with psycopg.connect(dsn, autocommit=True) as w:
             while not stop.is_set():
-                w.execute(sql.SQL("UPDATE {} SET name = 'w' WHERE {} = %s").format(
-                    PARENT.ident, q("select")), (rnd.choice(keys),))
+                w.execute(
+                    sql.SQL("UPDATE {} SET name = 'w' WHERE {} = %s").format(PARENT.ident, q("select")),
+                    (rnd.choice(keys),),
+                )
 
-    settings = BackfillSettings(initial_batch_size=20_000, max_batch_size=20_000,
-                                target_batch_ms=2000, vacuum_every_pct=0)
+    settings = BackfillSettings(
+        initial_batch_size=20_000, max_batch_size=20_000, target_batch_ms=2000, vacuum_every_pct=0
+    )
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     try:
@@ -170,12 +182,20 @@ def test_replication_lag_with_a_real_standby(
         replica = standby.dsn_for(dbname)
         wait_for(lambda: _standby_has(replica), timeout=60, what="standby to see the database")
         standby.pause_replay()
-        settings = BackfillSettings(replica_dsns=(replica,), max_replication_lag_s=1.0,
-                                    initial_batch_size=500, max_batch_size=500, vacuum_every_pct=0,
-                                    max_rows_per_second=4000)
+        settings = BackfillSettings(
+            replica_dsns=(replica,),
+            max_replication_lag_s=1.0,
+            initial_batch_size=500,
+            max_batch_size=500,
+            vacuum_every_pct=0,
+            max_rows_per_second=4000,
+        )
         with Running(dsn, settings) as run:
-            wait_for(lambda: run.gauge("online_uuid_throttled", reason="replication_lag") == 1,
-                     timeout=30, what="replication_lag reason")
+            wait_for(
+                lambda: run.gauge("online_uuid_throttled", reason="replication_lag") == 1,
+                timeout=30,
+                what="replication_lag reason",
+            )
             frozen = rows_done(conn)
             time.sleep(1.5)
             assert rows_done(conn) == frozen
@@ -183,8 +203,12 @@ def test_replication_lag_with_a_real_standby(
             result = run.join()
         assert result.throttled_s["replication_lag"] > 1.0
         assert run.gauge("online_uuid_throttled", reason="replication_lag") == 0
-        lag = [s for m in run.metrics.registry.collect() for s in m.samples
-               if s.name == "online_uuid_replication_lag_seconds"]
+        lag = [
+            s
+            for m in run.metrics.registry.collect()
+            for s in m.samples
+            if s.name == "online_uuid_replication_lag_seconds"
+        ]
         assert lag
     finally:
         standby.stop()
@@ -205,8 +229,13 @@ def _standby_has(replica: str) -> bool:
 def test_metrics_carry_every_name(dsn: str, conn: psycopg.Connection) -> None:
     create_schema(conn, parents=20_000, children=2_000, leaves=2_000)
     create_migration(conn)
-    settings = BackfillSettings(initial_batch_size=500, max_batch_size=500, vacuum_every_pct=50,
-                                max_rows_per_second=20_000, replica_dsns=(dsn,))  # lag 0
+    settings = BackfillSettings(
+        initial_batch_size=500,
+        max_batch_size=500,
+        vacuum_every_pct=50,
+        max_rows_per_second=20_000,
+        replica_dsns=(dsn,),
+    )  # lag 0
     with Running(dsn, settings) as run:
         wait_for(lambda: rows_done(conn) > 2000, what="a few batches")
         during = generate_latest(run.metrics.registry).decode()
@@ -214,10 +243,13 @@ def test_metrics_carry_every_name(dsn: str, conn: psycopg.Connection) -> None:
     after = generate_latest(run.metrics.registry).decode()
     for name in METRICS:
         assert f"# TYPE {name.removesuffix('_total')} " in after or f"# TYPE {name} " in after, name
-    sampled = {line.split("{")[0].split(" ")[0] for line in during.splitlines()
-               if line and not line.startswith("#")}
-    backfill_names = set(METRICS) - {"online_uuid_cutover_lock_held_seconds",
-                                     "online_uuid_cutover_attempts_total"}
+    sampled = {
+        line.split("{")[0].split(" ")[0] for line in during.splitlines() if line and not line.startswith("#")
+    }
+    backfill_names = set(METRICS) - {
+        "online_uuid_cutover_lock_held_seconds",
+        "online_uuid_cutover_attempts_total",
+    }
     for name in backfill_names:
         kind = METRICS[name][0]
         wanted = f"{name}_count" if kind == "histogram" else name

@@ -54,8 +54,6 @@ HELPER = re.compile(r"^ou_|_ou$")  # names of the tool's preparation objects (na
 FAST_GIVE_UP = ("--lock-timeout", "100", "--max-attempts", "3", "--retry-for", "5")
 
 
-
-
 def _seed(conn: psycopg.Connection, parents: int, children: int) -> None:
     conn.execute(PC_DDL)
     conn.execute("INSERT INTO parent (name) SELECT 'p' || g FROM generate_series(1, %s) g", (parents,))
@@ -86,8 +84,6 @@ def _user_visible(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     snap["constraints"] = [r for r in snap["constraints"] if not HELPER.search(str(r[2]))]
     snap["indexes"] = [r for r in snap["indexes"] if not HELPER.search(str(r[1]))]
     return snap
-
-
 
 
 def _indexes(conn: psycopg.Connection, schema: str = "public") -> dict[str, str]:

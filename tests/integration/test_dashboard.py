@@ -98,8 +98,9 @@ def cli_argv(*args: str) -> list[str]:
 
 def cli(*args: str) -> None:
     """`online-uuid ARGS` in a process of its own; it must succeed."""
-    proc = subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=60, env=cli_env(),
-                          check=False)
+    proc = subprocess.run(
+        cli_argv(*args), capture_output=True, text=True, timeout=60, env=cli_env(), check=False
+    )
     assert proc.returncode == 0, f"online-uuid {' '.join(args)}: {proc.stderr}"
 
 
@@ -133,13 +134,27 @@ class RealBackfill:
         cli("start", "--no-backfill", "--dsn", self.dsn, *(a for t in TABLES for a in ("-t", t)))
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                cli_argv("backfill", "--dsn", self.dsn, "--metrics-port", self.address.split(":")[1],
-                         "--max-rows-per-second", str(ROWS_PER_S), "--max-batch-size", str(BATCH),
-                         "--replica-dsn", self.dsn),
-                stdout=out, stderr=subprocess.STDOUT, env=cli_env(),
+                cli_argv(
+                    "backfill",
+                    "--dsn",
+                    self.dsn,
+                    "--metrics-port",
+                    self.address.split(":")[1],
+                    "--max-rows-per-second",
+                    str(ROWS_PER_S),
+                    "--max-batch-size",
+                    str(BATCH),
+                    "--replica-dsn",
+                    self.dsn,
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=cli_env(),
             )
-        wait_for("the backfill's first batch on /metrics",
-                 lambda: "online_uuid_rows_backfilled_total{" in self.scrape())
+        wait_for(
+            "the backfill's first batch on /metrics",
+            lambda: "online_uuid_rows_backfilled_total{" in self.scrape(),
+        )
 
     def alive(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -157,8 +172,11 @@ class RealBackfill:
         """No progress, not paused: another session holds the tables, so no batch can write."""
         self.locker = psycopg.connect(self.dsn, application_name="dashboard-test/blocker")
         self.locker.execute("SET lock_timeout = '10s'")
-        self.locker.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in TABLES)))
+        self.locker.execute(
+            sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in TABLES)
+            )
+        )
 
     def pause(self) -> None:
         """`online-uuid pause`; the lock goes too, so the blocked batch ends and the pause shows."""
@@ -207,8 +225,11 @@ def swap_held(dsn: str) -> Iterator[None]:
     servers = TableRef("public", "mcp_servers")
     fn = naming.function_name(servers, naming.fk_trigger(servers, "connector_id"))
     with psycopg.connect(dsn, application_name="dashboard-test/swap-holder") as hold:
-        hold.execute(sql.SQL("COMMENT ON FUNCTION {}() IS 'held by the test'").format(
-            sql.Identifier(naming.STATE_SCHEMA, fn)))
+        hold.execute(
+            sql.SQL("COMMENT ON FUNCTION {}() IS 'held by the test'").format(
+                sql.Identifier(naming.STATE_SCHEMA, fn)
+            )
+        )
         yield
         hold.rollback()
 
@@ -279,13 +300,19 @@ def prometheus(
     port = free_port()
     with (tmp / "prometheus.log").open("wb") as log:
         proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                PROMETHEUS,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     prom = Prometheus(f"http://127.0.0.1:{port}")
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, (tmp / "prometheus.log").read_text()
             try:
@@ -328,7 +355,9 @@ def test_promtool_check_kubernetes_scrape_config(tmp_path: Path) -> None:
     (tmp_path / "k8s.yml").write_text(yaml.safe_dump({"scrape_configs": k8s}))
     proc = subprocess.run(
         [PROMTOOL, "check", "config", str(tmp_path / "k8s.yml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if "kubernetes_sd_configs not found" in proc.stdout + proc.stderr:
         pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is)")
@@ -348,8 +377,7 @@ def metric_names(expr: str) -> set[str]:
 DOC = json.loads(DASHBOARD.read_text())
 TARGETS = [(p["title"], t["refId"], t["expr"]) for p in DOC["panels"] for t in p["targets"]]
 VARIABLES = [v for v in DOC["templating"]["list"] if v["type"] == "query"]
-RULES = [r for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
-         for r in g["rules"]]
+RULES = [r for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"] for r in g["rules"]]
 
 
 @pytest.mark.parametrize(("title", "ref", "expr"), TARGETS, ids=[f"{t}/{r}" for t, r, _ in TARGETS])
@@ -367,8 +395,7 @@ def test_dashboard_variable_has_values(prometheus: Prometheus, var: dict[str, An
 
 def test_table_variable_matches_every_per_table_series(prometheus: Prometheus) -> None:
     """`$table` takes its values from one metric; every metric with a `table` label must use them."""
-    tables = set(prometheus.get("/api/v1/label/table/values",
-                                **{"match[]": "online_uuid_rows_remaining"}))
+    tables = set(prometheus.get("/api/v1/label/table/values", **{"match[]": "online_uuid_rows_remaining"}))
     assert tables == set(TABLES)  # schema-qualified, as the engine prints table names
     for name, (kind, labels) in METRICS.items():
         if "table" in labels:

@@ -28,12 +28,8 @@ from online_uuid.settings import StartSettings
 HELPER = re.compile(r"^ou_|_ou$")  # names of the tool's preparation objects (naming.py)
 
 
-
-
 def _ns(schema: str) -> str:
     return sql.Identifier(schema).as_string(None)
-
-
 
 
 def _indexes(conn: psycopg.Connection, schema: str) -> dict[str, str]:
@@ -250,7 +246,9 @@ def test_rollback_after_cutover_restores_original_ids_names_and_actions_then_cut
     assert _ids(conn, "id_uuid") == uuids1  # and every row keeps its UUID for the next cutover
     report = api.verify(dsn)
     assert report.ok, report.first_problem()
-    with pytest.raises((psycopg.errors.ForeignKeyViolation, psycopg.errors.RestrictViolation), match="member_team_fk"):
+    with pytest.raises(
+        (psycopg.errors.ForeignKeyViolation, psycopg.errors.RestrictViolation), match="member_team_fk"
+    ):
         conn.execute("DELETE FROM team WHERE name = 'T1'")  # RESTRICT again, not CASCADE
 
     # Cut over again: the same UUIDs; then finalize.

@@ -780,7 +780,9 @@ def test_a_start_racing_another_for_the_state_schema_waits_for_it(dsn: str, conn
     assert h.phase_of(conn, "node") == "expanded"
 
 
-def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(dsn: str, conn: psycopg.Connection) -> None:
+def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(
+    dsn: str, conn: psycopg.Connection
+) -> None:
     """Invoker triggers are faster, but a role that may insert children without reading parents must still work."""
     from online_uuid import api
     from online_uuid.settings import StartSettings
@@ -789,8 +791,12 @@ def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(dsn: str, c
     conn.execute("CREATE TABLE c (id serial PRIMARY KEY, p_id int REFERENCES p (id))")
     conn.execute("CREATE TABLE r (id serial PRIMARY KEY, c_id int REFERENCES c (id))")
     conn.execute("INSERT INTO p (name) VALUES ('a'), ('b')")
-    conn.execute("DO $$ BEGIN CREATE ROLE blind_writer LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-    conn.execute("GRANT INSERT, SELECT ON c TO blind_writer; GRANT USAGE ON SEQUENCE c_id_seq TO blind_writer")
+    conn.execute(
+        "DO $$ BEGIN CREATE ROLE blind_writer LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    conn.execute(
+        "GRANT INSERT, SELECT ON c TO blind_writer; GRANT USAGE ON SEQUENCE c_id_seq TO blind_writer"
+    )
     plan = api.plan(dsn, ["p", "c"])
     by_name = {f.table.name: f for f in plan.foreign_keys}
     assert by_name["c"].definer and not by_name["r"].definer
@@ -800,10 +806,14 @@ def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(dsn: str, c
     writer = psycopg.conninfo.make_conninfo(dsn, user="blind_writer")
     with psycopg.connect(writer, autocommit=True) as w:
         w.execute("INSERT INTO c (p_id) VALUES (3)")  # p.id 3 = 'new', which has a UUID already
-    row = conn.execute("SELECT c.p_id_uuid = p.id_uuid FROM c JOIN p ON p.id = c.p_id WHERE c.p_id = 3").fetchone()
+    row = conn.execute(
+        "SELECT c.p_id_uuid = p.id_uuid FROM c JOIN p ON p.id = c.p_id WHERE c.p_id = 3"
+    ).fetchone()
     assert row == (True,)
-    bodies = dict(conn.execute(
-        "SELECT proname, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'online_uuid'::regnamespace"
-    ).fetchall())
+    bodies = dict(
+        conn.execute(
+            "SELECT proname, pg_get_functiondef(oid) FROM pg_proc WHERE pronamespace = 'online_uuid'::regnamespace"
+        ).fetchall()
+    )
     assert "SECURITY DEFINER" in next(b for n, b in bodies.items() if n.endswith("_c_p_id_fk_fn"))
     assert "SECURITY DEFINER" not in next(b for n, b in bodies.items() if n.endswith("_r_c_id_fk_fn"))

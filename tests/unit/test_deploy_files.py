@@ -80,7 +80,9 @@ def test_yaml_parses(path: Path) -> None:
 def test_dashboard_has_no_drift() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "dashboards" / "build.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -93,8 +95,8 @@ def test_expr_names_only_exported_metrics_and_labels(where: str, expr: str) -> N
     allowed: set[str] = set(TARGET_LABELS)
     for name, matchers in sels:
         assert name in names, f"{where}: {name} is not a metric online-uuid exports"
-        labels = set(METRICS[names[name]][1]) | TARGET_LABELS | (
-            {"le"} if name.endswith("_bucket") else set()
+        labels = (
+            set(METRICS[names[name]][1]) | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
         )
         assert set(matchers) <= labels, f"{where}: {name} has no label {set(matchers) - labels}"
         allowed |= labels
@@ -127,8 +129,11 @@ def test_dashboard_shape() -> None:
 def test_alert_rules_are_complete() -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
-        "OnlineUuidBackfillStalled", "OnlineUuidReplicationLagHigh", "OnlineUuidErrorsRising",
-        "OnlineUuidPausedTooLong", "OnlineUuidCutoverFailing",
+        "OnlineUuidBackfillStalled",
+        "OnlineUuidReplicationLagHigh",
+        "OnlineUuidErrorsRising",
+        "OnlineUuidPausedTooLong",
+        "OnlineUuidCutoverFailing",
     }
     for r in rules:
         assert r.get("for"), r["alert"]
@@ -201,9 +206,7 @@ def test_kubernetes_references() -> None:
     assert service["selector"].items() <= pod["metadata"]["labels"].items()
     assert [(p["name"], p["port"]) for p in service["ports"]] == [("metrics", ports["metrics"])]
     monitor = objects["ServiceMonitor"]["spec"]
-    assert monitor["selector"]["matchLabels"].items() <= objects["Service"]["metadata"][
-        "labels"
-    ].items()
+    assert monitor["selector"]["matchLabels"].items() <= objects["Service"]["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["endpoints"]] == ["metrics"]
     scrape = load_yaml(K8S / "scrape-config.yaml")
     assert scrape[0]["job_name"] == "online-uuid"

@@ -43,8 +43,11 @@ def _json_lines(emit: Any) -> list[dict[str, Any]]:
 
 
 def test_json_logs_go_to_stderr_redacted() -> None:
-    lines = _json_lines(lambda lg: lg.info("connecting password=x1", dsn="postgres://u:p4ss@h/d",
-                                           nested={"dsns": ["host=a password=zz"]}))
+    lines = _json_lines(
+        lambda lg: lg.info(
+            "connecting password=x1", dsn="postgres://u:p4ss@h/d", nested={"dsns": ["host=a password=zz"]}
+        )
+    )
     assert len(lines) == 1
     text = json.dumps(lines[0])
     assert "x1" not in text and "p4ss" not in text and "zz" not in text
@@ -59,8 +62,9 @@ def test_level_filters() -> None:
 
 def test_log_progress_rate_limits_and_clamps(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
-    monkeypatch.setattr("online_uuid.progress.log",
-                        type("L", (), {"info": lambda self, msg, **kw: seen.append(kw)})())
+    monkeypatch.setattr(
+        "online_uuid.progress.log", type("L", (), {"info": lambda self, msg, **kw: seen.append(kw)})()
+    )
     now = [0.0]
     p = LogProgress(every_s=5, clock=lambda: now[0])
     p.job(JobProgress("j", "t.c", fraction=1.7, rows_done=10, rows_remaining=0, rate=2.0, eta_s=0))

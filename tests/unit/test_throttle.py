@@ -131,8 +131,13 @@ def test_rate_meter() -> None:
 
 
 def test_idle_database_with_defaults_is_never_throttled() -> None:
-    sig = Signals(replication_lag_s={}, wal_rate_bytes=5e7, active_sessions=500,
-                  throttle_query_value=None, last_batch_s=0.2)
+    sig = Signals(
+        replication_lag_s={},
+        wal_rate_bytes=5e7,
+        active_sessions=500,
+        throttle_query_value=None,
+        last_batch_s=0.2,
+    )
     dec = decide(sig, BackfillSettings())
     assert not dec.throttled and dec.sleep_s == 0 and not dec.hold and dec.reasons == []
 
@@ -156,8 +161,9 @@ def test_hold_reasons(sig: Signals, limits: dict[str, object], reason: str) -> N
 
 
 def test_limits_not_exceeded_do_not_throttle() -> None:
-    sig = Signals(replication_lag_s={"r": 9.9}, wal_rate_bytes=1e6, active_sessions=10,
-                  throttle_query_value=0)
+    sig = Signals(
+        replication_lag_s={"r": 9.9}, wal_rate_bytes=1e6, active_sessions=10, throttle_query_value=0
+    )
     lim = BackfillSettings(max_wal_rate_bytes=1e6, max_active_sessions=10)
     assert not decide(sig, lim).throttled
 
