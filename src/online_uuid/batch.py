@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from .keyset import build_upper_bound
 from .model import BackfillJob
 from .naming import STATE_SCHEMA
 from .signals import read_blocked_by_me
@@ -150,13 +151,6 @@ def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
     )
 
 
-def hi_sql(job: BackfillJob) -> sql.Composed:
-    """Upper bound of the next batch: an index walk of at most n entries, never a scan."""
-    return sql.SQL(
-        "SELECT max({c}) FROM (SELECT {c} FROM {t} WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) AS s"
-    ).format(c=sql.Identifier(job.batch_column), t=job.table.ident)
-
-
 def _advance_sql() -> sql.Composed:
     return sql.SQL(
         "UPDATE {} SET next_key = %s, rows_done = rows_done + %s, batches = batches + 1, "
@@ -187,7 +181,7 @@ def run(
             "set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
             (LOCK_TIMEOUT, f"{statement_timeout_ms}ms", probes_only, probes_only),
         )
-        row = conn.execute(hi_sql(job), (lo, st.max_key, size)).fetchone()
+        row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
         hi = row[0] if row else None
         rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
         blocked = read_blocked_by_me(conn) if rows else 0

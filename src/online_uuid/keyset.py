@@ -15,15 +15,18 @@ def read_bounds(conn: psycopg.Connection, table: TableRef, column: str) -> tuple
     return (row[0], row[1]) if row else (None, None)
 
 
+def build_upper_bound(table: TableRef, column: str) -> sql.Composed:
+    """The key of the n-th row at or after lo (at most hi_max): one index walk of n entries.
+
+    Parameters: lo, hi_max, n. Shared by the backfill's batches and verify's walk.
+    """
+    return sql.SQL(
+        "SELECT max(k) FROM (SELECT {c} AS k FROM {t} WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) s"
+    ).format(c=sql.Identifier(column), t=table.ident)
+
+
 def read_upper_bound(
     conn: psycopg.Connection, table: TableRef, column: str, lo: int, hi_max: int, n: int
 ) -> int | None:
-    """The key of the n-th row at or after `lo` (at most `hi_max`): one index walk of n entries."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT max(k) FROM (SELECT {c} AS k FROM {t} "
-            "WHERE {c} >= %s AND {c} <= %s ORDER BY {c} LIMIT %s) s"
-        ).format(c=sql.Identifier(column), t=table.ident),
-        (lo, hi_max, n),
-    ).fetchone()
+    row = conn.execute(build_upper_bound(table, column), (lo, hi_max, n)).fetchone()
     return None if row is None else row[0]
