@@ -102,11 +102,15 @@ class RunContext:
 
     def connect(self, dsn: str | None = None) -> psycopg.Connection:
         try:
-            return db.connect(dsn or self.dsn, application_name(self.mid, "backfill"))
+            conn = db.connect(dsn or self.dsn, application_name(self.mid, "backfill"))
         except RefusedError:
             raise
         except OnlineUuidError as exc:
             raise ReconnectFailed(str(exc)) from None
+        # One core at most: parallel workers (index vacuum, scans) would take the application's.
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+        conn.execute("SET max_parallel_maintenance_workers = 0")
+        return conn
 
     def halted(self) -> bool:
         return self.stop.is_set() or self.abort.is_set()

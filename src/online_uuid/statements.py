@@ -94,11 +94,13 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
     column, shadow = sql.Identifier(f.column), sql.Identifier(col_on(f, side))
     ref_shadow = sql.Identifier(col_on(parent, side))
     self_ref: sql.Composable = sql.SQL("")
-    if f.table == f.ref_table:
+    self_ref_end: sql.Composable = sql.SQL("")
+    if f.table == f.ref_table:  # a row referencing itself is not in the table yet: use its own key
         self_ref = sql.SQL(
-            "ELSIF NEW.{} OPERATOR(pg_catalog.=) NEW.{} AND NEW.{} IS NOT NULL THEN\n"
-            "        NEW.{} := NEW.{};\n    "
+            "IF NEW.{} OPERATOR(pg_catalog.=) NEW.{} AND NEW.{} IS NOT NULL THEN\n"
+            "        NEW.{} := NEW.{};\n    ELSE\n    "
         ).format(column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow)
+        self_ref_end = sql.SQL("END IF;\n    ")
     stmts = [
         render(
             "sync_fk_function.sql",
@@ -109,6 +111,7 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
             ref_column=sql.Identifier(parent.column),
             ref_shadow=ref_shadow,
             self_ref=self_ref,
+            self_ref_end=self_ref_end,
             security=sql.SQL(DEFINER if f.definer else "SECURITY INVOKER"),
         ),
         sql.SQL(
