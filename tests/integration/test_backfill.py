@@ -41,7 +41,10 @@ from psycopg import sql
 
 from online_uuid import control, state
 from online_uuid.backfill import run_backfill
+from online_uuid.metrics import Metrics
 from online_uuid.model import Phase
+from online_uuid.progress import NullProgress
+from online_uuid.runctx import RunContext
 from online_uuid.settings import BackfillSettings
 
 
@@ -316,3 +319,19 @@ def test_parallel_workers(dsn: str, conn: psycopg.Connection) -> None:
     create_migration(conn)
     result = run_backfill(dsn, MID, BackfillSettings(workers=3, vacuum_every_pct=0))
     assert result.phase == "backfilled" and problems(conn) == ALL_ZERO
+
+
+def test_backfill_sessions_stay_on_one_core(dsn: str, conn: psycopg.Connection) -> None:
+    """Parallel workers (scans, index vacuum) would take the application's cores."""
+    ctx = RunContext(dsn, MID, FAST, make_plan(), Metrics(MID), NullProgress(), threading.Event())
+    try:
+        with ctx.connect() as session:
+            shown = session.execute(
+                "SELECT current_setting('max_parallel_workers_per_gather'), "
+                "current_setting('max_parallel_maintenance_workers'), current_setting('application_name')"
+            ).fetchone()
+    finally:
+        ctx.close()
+    assert shown == ("0", "0", f"online-uuid/{MID}/backfill")
+    # the server default is untouched
+    assert scalar(conn, "SELECT current_setting('max_parallel_maintenance_workers')") != "0"
