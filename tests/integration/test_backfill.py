@@ -148,24 +148,26 @@ from online_uuid.backfill import run_backfill
 from online_uuid.settings import BackfillSettings
 run_backfill(sys.argv[1], sys.argv[2], BackfillSettings(
     initial_batch_size=200, min_batch_size=100, max_batch_size=400, target_batch_ms=20,
-    vacuum_every_pct=10, nice_ratio=float(sys.argv[3])), take_lock=True)
+    vacuum_every_pct=10, max_rows_per_second=float(sys.argv[3]) or None), take_lock=True)
 """
 
 
-def _spawn(dsn: str, log: Path, nice: float = 0.0) -> subprocess.Popen[bytes]:
+def _spawn(dsn: str, log: Path, rate: float = 0.0) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:
         return subprocess.Popen(
-            [sys.executable, "-c", CHILD_SCRIPT, dsn, MID, str(nice)], stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-c", CHILD_SCRIPT, dsn, MID, str(rate)], stdout=subprocess.DEVNULL, stderr=err
         )
 
 
+# The rate keeps the killed runs from finishing early on a fast machine: at most ~2/3 of the rows
+# fit in the kill rounds' expected running time (sleeps of 0.3-2.5 s each).
 @pytest.mark.parametrize(
-    ("rounds", "parents", "nice"),
-    [(6, 60_000, 1.5), pytest.param(25, 200_000, 2.0, marks=pytest.mark.slow)],
+    ("rounds", "parents", "rate"),
+    [(6, 60_000, 8_000), pytest.param(25, 200_000, 5_000, marks=pytest.mark.slow)],
     ids=["quick", "many-kills"],
 )
 def test_kill_9_at_random_moments_then_resume(
-    dsn: str, conn: psycopg.Connection, tmp_path: Path, rounds: int, parents: int, nice: float
+    dsn: str, conn: psycopg.Connection, tmp_path: Path, rounds: int, parents: int, rate: float
 ) -> None:
     log = tmp_path / "child.log"
     keys = create_schema(conn, parents=parents, children=20_000, leaves=20_000)
@@ -174,7 +176,7 @@ def test_kill_9_at_random_moments_then_resume(
     seen: dict[int, str] = {}
     kills = 0
     for _ in range(rounds):
-        proc = _spawn(dsn, log, nice)
+        proc = _spawn(dsn, log, rate)
         time.sleep(rnd.uniform(0.3, 2.5))
         if proc.poll() is not None:
             break
