@@ -104,14 +104,18 @@ def main() -> None:
             common.vacuum_analyze(conn, "app")
         print(f"loaded {parents:,} parents + {children:,} children; {CLIENTS} pgbench clients", flush=True)
         seq: dict[str, list[dict[str, Any]]] = {f"{t}_{w}": [] for w in ("before", "after") for t in SCRIPTS}
-        for _ in range(rounds):
-            for t in SCRIPTS:
-                seq[f"{t}_before"].append(one_round(cluster, dsn, t, seconds, parents))
-            print(
-                f"  before start: child {seq['child_before'][-1]['tps']:9.1f} tps, "
-                f"parent {seq['parent_before'][-1]['tps']:9.1f} tps",
-                flush=True,
-            )
+
+        def sequential(when: str, label: str) -> None:
+            for _ in range(rounds):
+                for t in SCRIPTS:
+                    seq[f"{t}_{when}"].append(one_round(cluster, dsn, t, seconds, parents))
+                print(
+                    f"  {label}: child {seq[f'child_{when}'][-1]['tps']:9.1f} tps, "
+                    f"parent {seq[f'parent_{when}'][-1]['tps']:9.1f} tps",
+                    flush=True,
+                )
+
+        sequential("before", "before start")
         mid = api.start(dsn, ["app.parent"], migration="bench", settings=StartSettings(backfill=False))
         with common.connect(dsn) as conn:
             t0 = time.monotonic()
@@ -119,14 +123,7 @@ def main() -> None:
             common.vacuum_analyze(conn, "app")
             fill_s = time.monotonic() - t0
         print(f"started migration {mid} (no backfill); parent keys filled in {fill_s:.1f}s", flush=True)
-        for _ in range(rounds):
-            for t in SCRIPTS:
-                seq[f"{t}_after"].append(one_round(cluster, dsn, t, seconds, parents))
-            print(
-                f"  with triggers: child {seq['child_after'][-1]['tps']:9.1f} tps, "
-                f"parent {seq['parent_after'][-1]['tps']:9.1f} tps",
-                flush=True,
-            )
+        sequential("after", "with triggers")
         # Paired: off/on alternated, so both halves of a pair see the same background load.
         paired: dict[str, list[dict[str, Any]]] = {t: [] for t in SCRIPTS}
         with common.connect(dsn) as conn:

@@ -36,6 +36,18 @@ def pct(by: str) -> str:
 # (title, type, unit, width, height, [(expr, legend)], description, extra panel settings)
 Spec = tuple[str, str, str, int, int, list[tuple[str, str]], str, dict[str, Any]]
 STAT = {"options": {"colorMode": "value", "graphMode": "none", "textMode": "auto"}}
+
+
+def flag_texts(off: str, on: str) -> list[dict[str, Any]]:
+    """Value mappings for a 0/1 gauge: 0 shows `off` in green, 1 shows `on` in orange."""
+    return [
+        {
+            "type": "value",
+            "options": {"0": {"text": off, "color": "green"}, "1": {"text": on, "color": "orange"}},
+        }
+    ]
+
+
 PANELS: list[Spec] = [
     (
         "Phase",
@@ -77,15 +89,7 @@ PANELS: list[Spec] = [
         "`online-uuid pause` holds the backfill; `resume` continues it.",
         {
             **STAT,
-            "mappings": [
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "running", "color": "green"},
-                        "1": {"text": "PAUSED", "color": "orange"},
-                    },
-                }
-            ],
+            "mappings": flag_texts("running", "PAUSED"),
         },
     ),
     (
@@ -156,17 +160,7 @@ PANELS: list[Spec] = [
         8,
         [(f"max by (reason) ({sel('online_uuid_throttled')})", "{{reason}}")],
         "1 while the backfill is held back for this reason.",
-        {
-            "mappings": [
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "ok", "color": "green"},
-                        "1": {"text": "throttled", "color": "orange"},
-                    },
-                }
-            ]
-        },
+        {"mappings": flag_texts("ok", "throttled")},
     ),
     (
         "Replication lag",
