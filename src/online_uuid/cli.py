@@ -94,7 +94,7 @@ def _metrics(port: int | None, migration: str | None) -> Metrics | None:
 @contextmanager
 def _progress(enabled: bool = True) -> Iterator[Any]:
     """Bars on a terminal, log lines elsewhere; always closed, so the terminal is left clean."""
-    from .progress import make_progress
+    from .backfill.progress import make_progress
 
     progress = make_progress(None) if enabled else None
     try:

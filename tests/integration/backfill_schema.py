@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from online_uuid import control, state
+from online_uuid import state, status
 from online_uuid.backfill import BackfillResult, run_backfill
+from online_uuid.backfill.progress import JobProgress
 from online_uuid.metrics import Metrics
 from online_uuid.model import ForeignKeyConversion, KeyConversion, Phase, Plan, TableRef
-from online_uuid.progress import JobProgress
 from online_uuid.settings import BackfillSettings
 
 SCHEMA = "App Data"  # quoted, mixed case, with a space
@@ -196,7 +196,7 @@ def key_uuids(conn: psycopg.Connection) -> dict[int, str]:
 
 
 def jobs(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
-    return {j["job_id"]: j for j in control.status(conn, MID)["jobs"]}
+    return {j["job_id"]: j for j in status.status(conn, MID)["jobs"]}
 
 
 class Recorder:

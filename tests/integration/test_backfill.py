@@ -39,12 +39,12 @@ from backfill_schema import (
 )
 from psycopg import sql
 
-from online_uuid import control, state
+from online_uuid import state, status
 from online_uuid.backfill import run_backfill
+from online_uuid.backfill.context import RunContext
+from online_uuid.backfill.progress import NullProgress
 from online_uuid.metrics import Metrics
 from online_uuid.model import Phase
-from online_uuid.progress import NullProgress
-from online_uuid.runctx import RunContext
 from online_uuid.settings import BackfillSettings
 
 
@@ -90,7 +90,7 @@ def test_adaptive_batches_and_status_shape(dsn: str, conn: psycopg.Connection) -
     assert problems(conn) == ALL_ZERO
     js = jobs(conn)
     assert js["key:App Data.Parent.select"]["batch_size"] > 100  # it grew
-    doc = control.status(conn, MID)
+    doc = status.status(conn, MID)
     json.dumps(doc)  # JSON-able
     assert set(doc) >= {
         "migration",
@@ -274,11 +274,11 @@ def test_barrier_waits_for_older_transactions(dsn: str, conn: psycopg.Connection
     other.execute("SELECT 1")  # an open transaction, begun before the barrier
     with Running(dsn, FAST) as run:
         wait_for(
-            lambda: control.status(conn, MID)["barrier"]["waiting_on"] != [],
+            lambda: status.status(conn, MID)["barrier"]["waiting_on"] != [],
             timeout=20,
             what="barrier to report its waiters",
         )
-        doc = control.status(conn, MID)
+        doc = status.status(conn, MID)
         assert doc["barrier"]["at"] and not doc["barrier"]["passed"]
         assert doc["barrier"]["waiting_on"][0]["pid"] == str(other.info.backend_pid)
         assert jobs(conn)["fk:App Data.order.Parent"]["state"] == "pending"

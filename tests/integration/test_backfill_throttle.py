@@ -29,10 +29,12 @@ from backfill_schema import (
 from prometheus_client import generate_latest
 from psycopg import sql
 
-from online_uuid import control, state
-from online_uuid.backfill import run_backfill
+from online_uuid import state, status
+from online_uuid.backfill import control, run_backfill
+from online_uuid.embedded import TempCluster
 from online_uuid.metrics import METRICS
 from online_uuid.settings import BackfillSettings
+from support.clusters import add_standby
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_pause_and_resume_from_another_session(dsn: str, conn: psycopg.Connectio
         assert rows_done(conn) == frozen
         assert run.gauge("online_uuid_paused") == 1
         assert run.gauge("online_uuid_throttled", reason="paused") == 1
-        assert control.status(conn, MID)["paused"] is True
+        assert status.status(conn, MID)["paused"] is True
         control.resume(conn, MID)
         wait_for(lambda: rows_done(conn) > frozen, what="progress after resume")
         assert run.gauge("online_uuid_paused") == 0
@@ -78,7 +80,7 @@ def test_rate_limit_and_runtime_override(dsn: str, conn: psycopg.Connection, big
         time.sleep(1.5)
         rate = (rows_done(conn) - r0) / (time.monotonic() - t0)
         assert rate < 300 * 1.5, rate
-        assert control.status(conn, MID)["throttle"]["overrides"] == {"max_rows_per_second": 300}
+        assert status.status(conn, MID)["throttle"]["overrides"] == {"max_rows_per_second": 300}
         control.set_throttle(conn, MID, max_rows_per_second=0, max_batch_size=5000)
         run.join()
     assert problems(conn) == ALL_ZERO
@@ -97,7 +99,7 @@ def test_throttle_query_engages_and_releases(dsn: str, conn: psycopg.Connection,
         frozen = rows_done(conn)
         time.sleep(1.2)
         assert rows_done(conn) == frozen == 0
-        doc = control.status(conn, MID)
+        doc = status.status(conn, MID)
         assert doc["throttle"]["throttled"] and "throttle_query" in doc["throttle"]["reasons"]
         conn.execute("UPDATE gate SET hold = 0")
         result = run.join()
@@ -174,9 +176,9 @@ def test_blocking_a_writer_backs_off(dsn: str, conn: psycopg.Connection, big: No
 def test_replication_lag_with_a_real_standby(
     pg_server: Any, dsn: str, conn: psycopg.Connection, big: None
 ) -> None:
-    if not hasattr(pg_server, "add_standby"):
+    if not isinstance(pg_server, TempCluster) or pg_server.bin_dir is None:
         pytest.skip("the test server cannot add a standby (external server or container)")
-    standby = pg_server.add_standby()
+    standby = add_standby(pg_server)
     try:
         dbname = conn.info.dbname
         replica = standby.dsn_for(dbname)
@@ -260,8 +262,8 @@ def test_metrics_carry_every_name(dsn: str, conn: psycopg.Connection) -> None:
 
 def test_signals_on_an_idle_database_never_throttle(dsn: str, conn: psycopg.Connection) -> None:
     """Every read_* query runs, and with default limits nothing holds the backfill back."""
-    from online_uuid import signals
-    from online_uuid.throttle import decide
+    from online_uuid.backfill import signals
+    from online_uuid.backfill.throttle import decide
 
     create_schema(conn, parents=100, children=10, leaves=10)
     oid = signals.table_oid(conn, PARENT.display())

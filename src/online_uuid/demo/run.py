@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import api
+from ..backfill.progress import JobProgress, Progress, make_progress
 from ..errors import OnlineUuidError
 from ..log import configure
 from ..metrics import Metrics
-from ..progress import JobProgress, Progress, make_progress
 from ..render import print_plan
 from ..settings import StartSettings
 from . import cascade, data, report

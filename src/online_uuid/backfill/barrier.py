@@ -14,9 +14,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from . import batch, control, state
-from .errors import BackfillError
-from .runctx import RunContext, Session
+from .. import state
+from ..errors import BackfillError
+from . import batch, control
+from .context import RunContext, Session
 from .signals import read_barrier_waiters
 from .throttle import apply_overrides
 

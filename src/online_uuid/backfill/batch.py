@@ -11,9 +11,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ..model import BackfillJob
+from ..naming import STATE_SCHEMA
 from .keyset import build_upper_bound
-from .model import BackfillJob
-from .naming import STATE_SCHEMA
 from .signals import read_blocked_by_me
 
 LOCK_TIMEOUT = "2s"

@@ -13,9 +13,9 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from .db import is_transient
-from .errors import BackfillError
-from .settings import BackfillSettings, redact
+from ..db import is_transient
+from ..errors import BackfillError
+from ..settings import BackfillSettings, redact
 from .throttle import Clock, Signals
 
 log = structlog.get_logger("online_uuid.signals")

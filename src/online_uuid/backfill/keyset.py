@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from .model import TableRef
+from ..model import TableRef
 
 
 def read_bounds(conn: psycopg.Connection, table: TableRef, column: str) -> tuple[int | None, int | None]:

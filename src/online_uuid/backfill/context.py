@@ -20,13 +20,13 @@ from tenacity import (
     wait_random,
 )
 
-from . import db, state
-from .errors import OnlineUuidError, RefusedError
-from .metrics import Metrics
-from .model import Plan
-from .naming import application_name
+from .. import db, state
+from ..errors import OnlineUuidError, RefusedError
+from ..metrics import Metrics
+from ..model import Plan
+from ..naming import application_name
+from ..settings import BackfillSettings
 from .progress import Progress
-from .settings import BackfillSettings
 from .signals import SignalReader
 from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Signals, eta_seconds
 

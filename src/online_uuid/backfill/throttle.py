@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RefusedError
-from .settings import BackfillSettings
+from ..errors import RefusedError
+from ..settings import BackfillSettings
 
 Clock = Callable[[], float]
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import psycopg
 import structlog
 
+from ..errors import BackfillError, RefusedError
+from ..metrics import table_label
+from ..model import BackfillJob, Phase
+from ..settings import BackfillSettings
 from . import batch, control
-from .errors import BackfillError, RefusedError
-from .metrics import table_label
-from .model import BackfillJob, Phase
+from .context import RunContext, Session
 from .progress import JobProgress
-from .runctx import RunContext, Session
-from .settings import BackfillSettings
 from .signals import read_dead_tuples, table_oid
 from .throttle import (
     BatchSizer,

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 import psycopg
 import structlog
 
-from . import barrier, batch, db, state
-from .errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
-from .metrics import Metrics, table_label
-from .model import BackfillJob, Phase, TableRef, backfill_jobs
-from .naming import application_name
+from .. import db, state
+from ..errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
+from ..metrics import Metrics, table_label
+from ..model import BackfillJob, Phase, TableRef, backfill_jobs
+from ..naming import application_name
+from ..settings import BackfillSettings
+from . import barrier, batch
+from .context import ERROR_KINDS, RunContext, Session
 from .progress import NullProgress, Progress
-from .runctx import ERROR_KINDS, RunContext, Session
-from .settings import BackfillSettings
 from .throttle import REASONS
 from .worker import Worker
 

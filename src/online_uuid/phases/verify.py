@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .keyset import read_bounds, read_upper_bound
-from .model import ForeignKeyConversion, KeyConversion, Plan
-from .statements import renamed
+from ..backfill.keyset import read_bounds, read_upper_bound
+from ..model import ForeignKeyConversion, KeyConversion, Plan
+from ..statements import renamed
 
 BATCH = 50_000
 SAMPLE = 5

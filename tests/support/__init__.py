@@ -1,0 +1,1 @@
+"""Test-only helpers that are not fixtures: clusters, standbys, npm binaries."""
