@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from . import state
 from .db import connect
-from .errors import StateError, VerifyError
+from .errors import VerifyError
 from .executor import render_steps
 from .metrics import CUTOVER_OUTCOMES, Metrics
 from .model import Phase, Plan
@@ -26,7 +26,9 @@ from .phases import start as start_phase
 from .phases.verify import VerifyReport, run_verify
 from .plan import build_plan
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
-from .statements import build_lock
+
+if TYPE_CHECKING:
+    from .backfill import BackfillResult
 
 __all__ = [
     "backfill",
@@ -79,19 +81,25 @@ def plan_sql(dsn: str, p: Plan) -> str:
             render_steps(
                 conn, cutover_phase.prepare_steps(p, cutover_phase.FORWARD), "cutover: online preparation"
             ),
-            "-- cutover: the swap, one transaction\nBEGIN;\n"
-            + "\n".join(
-                st.as_string(conn) + ";"
-                for st in [
-                    build_lock(p.tables()),
-                    *cutover_phase.swap_statements(p, "shadow", {}),
-                ]
-            )
-            + "\nCOMMIT;\n",
+            _swap_sql(conn, p),
             render_steps(conn, cutover_phase.post_steps(p, cutover_phase.FORWARD), "cutover: after the swap"),
             render_steps(conn, finalize_phase.finalize_steps(p), "finalize"),
         ]
     return "\n".join(parts)
+
+
+def _swap_sql(conn: psycopg.Connection, p: Plan) -> str:
+    """The swap transaction as cutover sends it with its default settings (views as they are now)."""
+    sent = [
+        *cutover_phase.swap_prologue(p, LockSettings()),
+        *cutover_phase.swap_body(conn, p, cutover_phase.FORWARD),
+    ]
+    return (
+        "-- cutover: the swap, one transaction (its lock_timeout and statement_timeout follow\n"
+        "-- --lock-timeout and --statement-timeout; the migration's phase moves in it too)\nBEGIN;\n"
+        + "\n".join(st.as_string(conn) + ";" for st in sent)
+        + "\nCOMMIT;\n"
+    )
 
 
 def start(
@@ -129,7 +137,7 @@ def start(
 
 def _run_backfill(
     dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any
-) -> Any:
+) -> BackfillResult:
     from .backfill import run_backfill
 
     return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress)
@@ -142,8 +150,8 @@ def backfill(
     settings: BackfillSettings | None = None,
     metrics: Metrics | None = None,
     progress: Any = None,
-) -> Any:
-    """Run or resume the backfill until every shadow column is filled."""
+) -> BackfillResult:
+    """Run or resume the backfill until every shadow column is filled (or paused, or stopped)."""
     with _session(dsn, migration, "control") as (_conn, mid):
         return _run_backfill(dsn, mid, settings or BackfillSettings(), metrics, progress)
 
@@ -236,9 +244,3 @@ def throttle(dsn: str, migration: str | None = None, **limits: Any) -> None:
         from .backfill import control
 
         control.set_throttle(conn, mid, **limits)
-
-
-def require_phase(conn: psycopg.Connection, mid: str, *phases: Phase) -> None:
-    current = state.load(conn, mid).phase
-    if current not in phases:
-        raise StateError(f"migration {mid} is {current}; this needs {' or '.join(p.value for p in phases)}")

@@ -5,10 +5,11 @@ Exit codes: 0 ok, 1 failure, 2 bad input / refused (nothing changed), 3 gave up 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -20,7 +21,7 @@ from . import api
 from .errors import EXIT_FAILURE, EXIT_REFUSED, OnlineUuidError
 from .log import configure
 from .metrics import Metrics
-from .render import print_plan
+from .render import print_plan, print_status, print_verify
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings, redact, resolve_dsn
 
 app = typer.Typer(
@@ -58,6 +59,113 @@ RetryFor = Annotated[float, typer.Option("--retry-for", help="Seconds to keep re
 MetricsPort = Annotated[
     int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
 ]
+Tables = Annotated[
+    list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")
+]
+Uuid = Annotated[str, typer.Option("--uuid", help="v4 (gen_random_uuid) or v7 (time-ordered).")]
+CascadeDeletes = Annotated[
+    bool,
+    typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover."),
+]
+
+# --- backfill options: declared once, shared by `start`, `backfill` and `throttle` ---------------
+# Each parameter is named after its BackfillSettings field, so `_backfill_fields` needs no mapping.
+_BF = BackfillSettings()
+TargetBatchMs = Annotated[
+    int | None,
+    typer.Option(
+        "--target-batch-ms",
+        help=f"Milliseconds a batch should take; its size adapts (default {_BF.target_batch_ms}).",
+    ),
+]
+MinBatchSize = Annotated[
+    int | None,
+    typer.Option("--min-batch-size", help=f"Smallest batch, in rows (default {_BF.min_batch_size})."),
+]
+MaxBatchSize = Annotated[
+    int | None,
+    typer.Option("--max-batch-size", help=f"Largest batch, in rows (default {_BF.max_batch_size})."),
+]
+InitialBatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--initial-batch-size",
+        help=f"Rows in the first batch; a resumed job keeps its size (default {_BF.initial_batch_size}).",
+    ),
+]
+MaxRowsPerSecond = Annotated[
+    float | None,
+    typer.Option(
+        "--max-rows-per-second", help="Rows written per second across all workers (default: no limit)."
+    ),
+]
+MaxReplicationLag = Annotated[
+    float | None,
+    typer.Option(
+        "--max-replication-lag",
+        help=f"Hold while a standby lags more than these seconds (default {_BF.max_replication_lag_s:g}).",
+    ),
+]
+MaxWalRate = Annotated[
+    float | None,
+    typer.Option(
+        "--max-wal-rate", help="Hold while the server writes more WAL bytes per second (default: off)."
+    ),
+]
+MaxActiveSessions = Annotated[
+    int | None,
+    typer.Option(
+        "--max-active-sessions",
+        help="Hold while more client sessions than this run a statement, ours excluded (default: off).",
+    ),
+]
+ThrottleQuery = Annotated[
+    str | None,
+    typer.Option("--throttle-query", help="Hold while this read-only query's first value is > 0."),
+]
+NiceRatio = Annotated[
+    float | None,
+    typer.Option(
+        "--nice-ratio",
+        help=f"After each batch, sleep this fraction of its time (default {_BF.nice_ratio:g}).",
+    ),
+]
+ReplicaDsns = Annotated[
+    list[str] | None, typer.Option("--replica-dsn", help="Standby to watch for replay lag (repeatable).")
+]
+VacuumEvery = Annotated[
+    float | None,
+    typer.Option(
+        "--vacuum-every",
+        help=f"VACUUM a table every PCT percent of its job; 0 = off (default {_BF.vacuum_every_pct:g}).",
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", help=f"Independent tables filled in parallel (default {_BF.workers})."),
+]
+BarrierTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--barrier-timeout",
+        help=f"Seconds to wait for old transactions at the barrier (default {_BF.barrier_timeout_s:g}).",
+    ),
+]
+_BACKFILL_FIELDS = frozenset(f.name for f in dataclasses.fields(BackfillSettings))
+
+
+def _backfill_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The BackfillSettings fields given on the command line (parameters are named after them)."""
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in params.items()
+        if name in _BACKFILL_FIELDS and value is not None
+    }
+
+
+def _backfill_settings(params: Mapping[str, Any]) -> BackfillSettings:
+    """The one builder of BackfillSettings from a command's options (`start`, `backfill`)."""
+    return _run(lambda: BackfillSettings(**_backfill_fields(params)))
 
 
 def _run(fn: Callable[[], T], *, log_format: str = "console") -> T:
@@ -106,14 +214,12 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
 
 @app.command()
 def plan(
-    table: Annotated[
-        list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")
-    ],
+    table: Tables,
     dsn: Dsn = None,
     as_json: Json = False,
     as_sql: Annotated[bool, typer.Option("--sql", help="Print every statement; execute nothing.")] = False,
-    uuid: Annotated[str, typer.Option("--uuid", help="v4 or v7.")] = "v4",
-    cascade_deletes: Annotated[bool, typer.Option("--cascade-deletes")] = False,
+    uuid: Uuid = "v4",
+    cascade_deletes: CascadeDeletes = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Show what converting these tables touches, in dependency order. Reads only."""
@@ -129,20 +235,14 @@ def plan(
     _emit(plan_json(p), as_json, lambda: print_plan(p, out))
 
 
-def _backfill_settings(**kw: Any) -> BackfillSettings:
-    return _run(lambda: BackfillSettings(**{k: v for k, v in kw.items() if v is not None}))
-
-
 @app.command()
 def start(
-    table: Annotated[list[str], typer.Option("--table", "-t", help="Table to convert (repeatable).")],
+    ctx: typer.Context,
+    table: Tables,
     dsn: Dsn = None,
     migration: Migration = None,
-    uuid: Annotated[str, typer.Option("--uuid", help="v4 (gen_random_uuid) or v7 (time-ordered).")] = "v4",
-    cascade_deletes: Annotated[
-        bool,
-        typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover."),
-    ] = False,
+    uuid: Uuid = "v4",
+    cascade_deletes: CascadeDeletes = False,
     no_backfill: Annotated[
         bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")
     ] = False,
@@ -150,34 +250,20 @@ def start(
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
     metrics_port: MetricsPort = None,
-    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
-    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
-    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
-    max_replication_lag: Annotated[
-        float | None, typer.Option("--max-replication-lag", help="Seconds.")
-    ] = None,
-    max_wal_rate: Annotated[
-        float | None, typer.Option("--max-wal-rate", help="WAL bytes per second.")
-    ] = None,
-    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
-    throttle_query: Annotated[
-        str | None, typer.Option("--throttle-query", help="Throttle while it returns > 0.")
-    ] = None,
-    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
-    replica_dsn: Annotated[
-        list[str] | None, typer.Option("--replica-dsn", help="Standby to watch (repeatable).")
-    ] = None,
-    vacuum_every: Annotated[
-        float | None, typer.Option("--vacuum-every", help="VACUUM every PCT percent; 0 = off.")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Independent tables filled in parallel.")
-    ] = None,
-    initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
-    barrier_timeout: Annotated[
-        float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")
-    ] = None,
+    target_batch_ms: TargetBatchMs = None,
+    min_batch_size: MinBatchSize = None,
+    max_batch_size: MaxBatchSize = None,
+    max_rows_per_second: MaxRowsPerSecond = None,
+    max_replication_lag_s: MaxReplicationLag = None,
+    max_wal_rate_bytes: MaxWalRate = None,
+    max_active_sessions: MaxActiveSessions = None,
+    throttle_query: ThrottleQuery = None,
+    nice_ratio: NiceRatio = None,
+    replica_dsns: ReplicaDsns = None,
+    vacuum_every_pct: VacuumEvery = None,
+    workers: Workers = None,
+    initial_batch_size: InitialBatchSize = None,
+    barrier_timeout_s: BarrierTimeout = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
@@ -189,22 +275,7 @@ def start(
     lock = _run(
         lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
     )
-    bf = _backfill_settings(
-        target_batch_ms=target_batch_ms,
-        min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size,
-        max_rows_per_second=max_rows_per_second,
-        max_replication_lag_s=max_replication_lag,
-        max_wal_rate_bytes=max_wal_rate,
-        max_active_sessions=max_active_sessions,
-        throttle_query=throttle_query,
-        nice_ratio=nice_ratio,
-        replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every,
-        workers=workers,
-        initial_batch_size=initial_batch_size,
-        barrier_timeout_s=barrier_timeout,
-    )
+    bf = _backfill_settings(ctx.params)
     metrics = _metrics(metrics_port, migration)
     with _progress(not no_backfill) as progress:
         mid = _run(
@@ -233,59 +304,37 @@ def start(
 
 @app.command()
 def backfill(
+    ctx: typer.Context,
     dsn: Dsn = None,
     migration: Migration = None,
     metrics_port: MetricsPort = None,
-    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
-    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
-    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
-    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag")] = None,
-    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate")] = None,
-    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
-    throttle_query: Annotated[str | None, typer.Option("--throttle-query")] = None,
-    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
-    replica_dsn: Annotated[list[str] | None, typer.Option("--replica-dsn")] = None,
-    vacuum_every: Annotated[float | None, typer.Option("--vacuum-every")] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Independent tables filled in parallel.")
-    ] = None,
-    initial_batch_size: Annotated[int | None, typer.Option("--initial-batch-size")] = None,
-    barrier_timeout: Annotated[
-        float | None, typer.Option("--barrier-timeout", help="Seconds to wait for old transactions.")
-    ] = None,
+    target_batch_ms: TargetBatchMs = None,
+    min_batch_size: MinBatchSize = None,
+    max_batch_size: MaxBatchSize = None,
+    max_rows_per_second: MaxRowsPerSecond = None,
+    max_replication_lag_s: MaxReplicationLag = None,
+    max_wal_rate_bytes: MaxWalRate = None,
+    max_active_sessions: MaxActiveSessions = None,
+    throttle_query: ThrottleQuery = None,
+    nice_ratio: NiceRatio = None,
+    replica_dsns: ReplicaDsns = None,
+    vacuum_every_pct: VacuumEvery = None,
+    workers: Workers = None,
+    initial_batch_size: InitialBatchSize = None,
+    barrier_timeout_s: BarrierTimeout = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
     """Run or resume the backfill (after `start --no-backfill`, a crash, or Ctrl-C)."""
     d = resolve_dsn(dsn)
-    bf = _backfill_settings(
-        target_batch_ms=target_batch_ms,
-        min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size,
-        max_rows_per_second=max_rows_per_second,
-        max_replication_lag_s=max_replication_lag,
-        max_wal_rate_bytes=max_wal_rate,
-        max_active_sessions=max_active_sessions,
-        throttle_query=throttle_query,
-        nice_ratio=nice_ratio,
-        replica_dsns=tuple(replica_dsn) if replica_dsn else None,
-        vacuum_every_pct=vacuum_every,
-        workers=workers,
-        initial_batch_size=initial_batch_size,
-        barrier_timeout_s=barrier_timeout,
-    )
+    bf = _backfill_settings(ctx.params)
     metrics = _metrics(metrics_port, migration)
     with _progress() as progress:
         result = _run(
             lambda: api.backfill(d, migration, settings=bf, metrics=metrics, progress=progress),
             log_format=log_format,
         )
-    doc = {
-        "phase": getattr(result, "phase", "backfilled"),
-        "rows": getattr(result, "total_rows", None),
-        "seconds": round(getattr(result, "seconds", 0.0), 1),
-    }
+    doc = {"phase": result.phase, "rows": result.total_rows, "seconds": round(result.seconds, 1)}
     _emit(
         doc,
         as_json,
@@ -307,59 +356,10 @@ def status(
     d = resolve_dsn(dsn)
     while True:
         doc = _run(lambda: api.status(d, migration))
-        _emit(doc, as_json, lambda doc=doc: _print_status(doc))  # type: ignore[misc]
+        _emit(doc, as_json, lambda doc=doc: print_status(doc, out))  # type: ignore[misc]
         if not watch:
             return
         time.sleep(2)
-
-
-def _print_status(doc: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from .render import human_seconds
-
-    prog = doc.get("progress") or {}
-    paused = " (paused)" if doc.get("paused") else ""
-    out.print(
-        f"migration {doc.get('migration')}: phase {doc.get('phase')}{paused}, "
-        f"{prog.get('percent', 0):.1f}% backfilled",
-        markup=False,
-    )
-    jobs = sorted(doc.get("jobs") or [], key=lambda j: (j.get("kind") != "key", str(j.get("label"))))
-    if jobs:
-        t = Table()
-        for c in ("column", "state", "progress", "rows done", "remaining", "rate", "eta"):
-            t.add_column(c)
-        for j in jobs:
-            eta = j.get("eta_s")
-            t.add_row(
-                str(j.get("label")),
-                str(j.get("state")),
-                f"{j.get('percent', 0):.1f}%",
-                f"{j.get('rows_done', 0):,}",
-                f"{j.get('rows_remaining', 0):,}",
-                f"{j['rate']:,.0f}/s" if j.get("rate") else "-",
-                human_seconds(eta) if eta else "-",
-            )
-        out.print(t)
-    th = doc.get("throttle") or {}
-    reasons = ", ".join(th.get("reasons") or []) or "none"
-    out.print(
-        f"throttled: {'yes' if th.get('throttled') else 'no'} (reasons: {reasons}); "
-        f"runtime overrides: {th.get('overrides') or 'none'}",
-        markup=False,
-    )
-    cut = doc.get("cutover") or {}
-    if cut.get("lock_held_s") is not None:
-        held_ms = 1000 * float(cut["lock_held_s"])
-        out.print(f"cutover: lock held {held_ms:.1f} ms after {cut.get('attempts')} attempt(s)")
-    dead = doc.get("dead_tuples") or {}
-    if dead:
-        out.print("dead tuples: " + ", ".join(f"{k} {v:,}" for k, v in dead.items()), markup=False)
-    for tx in th.get("long_transactions") or []:
-        out.print(f"long transaction holding back vacuum: {tx}", markup=False)
-    if doc.get("last_error"):
-        out.print(f"last error: {doc['last_error']}", markup=False)
 
 
 @app.command()
@@ -380,36 +380,28 @@ def resume(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) 
 
 @app.command()
 def throttle(
+    ctx: typer.Context,
     dsn: Dsn = None,
     migration: Migration = None,
-    max_rows_per_second: Annotated[float | None, typer.Option("--max-rows-per-second")] = None,
-    max_replication_lag: Annotated[float | None, typer.Option("--max-replication-lag")] = None,
-    max_wal_rate: Annotated[float | None, typer.Option("--max-wal-rate")] = None,
-    max_active_sessions: Annotated[int | None, typer.Option("--max-active-sessions")] = None,
-    nice_ratio: Annotated[float | None, typer.Option("--nice-ratio")] = None,
-    target_batch_ms: Annotated[int | None, typer.Option("--target-batch-ms")] = None,
-    min_batch_size: Annotated[int | None, typer.Option("--min-batch-size")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
-    throttle_query: Annotated[str | None, typer.Option("--throttle-query")] = None,
+    max_rows_per_second: MaxRowsPerSecond = None,
+    max_replication_lag_s: MaxReplicationLag = None,
+    max_wal_rate_bytes: MaxWalRate = None,
+    max_active_sessions: MaxActiveSessions = None,
+    nice_ratio: NiceRatio = None,
+    target_batch_ms: TargetBatchMs = None,
+    min_batch_size: MinBatchSize = None,
+    max_batch_size: MaxBatchSize = None,
+    throttle_query: ThrottleQuery = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every runtime override.")] = False,
 ) -> None:
     """Change the running backfill's limits without restarting it (applied within one batch)."""
     d = resolve_dsn(dsn)
-    limits: dict[str, Any] = {
-        "max_rows_per_second": max_rows_per_second,
-        "max_replication_lag_s": max_replication_lag,
-        "max_wal_rate_bytes": max_wal_rate,
-        "max_active_sessions": max_active_sessions,
-        "nice_ratio": nice_ratio,
-        "target_batch_ms": target_batch_ms,
-        "min_batch_size": min_batch_size,
-        "max_batch_size": max_batch_size,
-        "throttle_query": throttle_query,
-    }
-    if clear:
-        _run(lambda: api.throttle(d, migration, **dict.fromkeys(limits)))
+    if clear:  # None removes an override: every one this command can set
+        _run(
+            lambda: api.throttle(d, migration, **dict.fromkeys(sorted(ctx.params.keys() & _BACKFILL_FIELDS)))
+        )
     else:
-        given = {k: v for k, v in limits.items() if v is not None}
+        given = _backfill_fields(ctx.params)
         if not given:
             raise _fail("give at least one limit (e.g. --max-rows-per-second 500) or --clear", EXIT_REFUSED)
         _run(lambda: api.throttle(d, migration, **given))
@@ -421,17 +413,11 @@ def verify(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) 
     """Check every shadow key filled and unique and every shadow FK equal to its parent's. Online."""
     d = resolve_dsn(dsn)
     report = _run(lambda: api.verify(d, migration))
-    _emit(report.to_json(), as_json, lambda: _print_verify(report))
+    _emit(report.to_json(), as_json, lambda: print_verify(report, out))
     if not report.ok:
         if not as_json:
             raise _fail(f"verify failed: {report.first_problem()}", EXIT_FAILURE)
         raise typer.Exit(EXIT_FAILURE)
-
-
-def _print_verify(report: Any) -> None:
-    for c in report.checks:
-        mark = "ok" if c.ok else "FAIL"
-        out.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)
 
 
 @app.command()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from .model import ACTION_SQL, Plan
+
+if TYPE_CHECKING:
+    from .phases.verify import VerifyReport
 
 # Rough rates measured on a 2-core machine (bench/); only for the plan's estimate.
 KEY_ROWS_PER_S = 60_000
@@ -96,3 +99,56 @@ def print_plan(plan: Plan, console: Console) -> None:
         f"cascade deletes: {'yes, every converted FK' if plan.cascade_deletes else 'no, actions kept'}; "
         f"estimated backfill: {human_seconds(estimate_backfill_s(plan))}"
     )
+
+
+def print_status(doc: dict[str, Any], console: Console) -> None:
+    """The `status` report: phase, a table of jobs, throttle, cutover, dead tuples, last error."""
+    prog = doc.get("progress") or {}
+    paused = " (paused)" if doc.get("paused") else ""
+    console.print(
+        f"migration {doc.get('migration')}: phase {doc.get('phase')}{paused}, "
+        f"{prog.get('percent', 0):.1f}% backfilled",
+        markup=False,
+    )
+    jobs = sorted(doc.get("jobs") or [], key=lambda j: (j.get("kind") != "key", str(j.get("label"))))
+    if jobs:
+        t = Table()
+        for c in ("column", "state", "progress", "rows done", "remaining", "rate", "eta"):
+            t.add_column(c)
+        for j in jobs:
+            eta = j.get("eta_s")
+            t.add_row(
+                str(j.get("label")),
+                str(j.get("state")),
+                f"{j.get('percent', 0):.1f}%",
+                f"{j.get('rows_done', 0):,}",
+                f"{j.get('rows_remaining', 0):,}",
+                f"{j['rate']:,.0f}/s" if j.get("rate") else "-",
+                human_seconds(eta) if eta else "-",
+            )
+        console.print(t)
+    th = doc.get("throttle") or {}
+    reasons = ", ".join(th.get("reasons") or []) or "none"
+    console.print(
+        f"throttled: {'yes' if th.get('throttled') else 'no'} (reasons: {reasons}); "
+        f"runtime overrides: {th.get('overrides') or 'none'}",
+        markup=False,
+    )
+    cut = doc.get("cutover") or {}
+    if cut.get("lock_held_s") is not None:
+        held_ms = 1000 * float(cut["lock_held_s"])
+        console.print(f"cutover: lock held {held_ms:.1f} ms after {cut.get('attempts')} attempt(s)")
+    dead = doc.get("dead_tuples") or {}
+    if dead:
+        console.print("dead tuples: " + ", ".join(f"{k} {v:,}" for k, v in dead.items()), markup=False)
+    for tx in th.get("long_transactions") or []:
+        console.print(f"long transaction holding back vacuum: {tx}", markup=False)
+    if doc.get("last_error"):
+        console.print(f"last error: {doc['last_error']}", markup=False)
+
+
+def print_verify(report: VerifyReport, console: Console) -> None:
+    """One line per checked column."""
+    for c in report.checks:
+        mark = "ok" if c.ok else "FAIL"
+        console.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)

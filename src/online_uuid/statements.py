@@ -272,6 +272,11 @@ def build_foreign_key(
 # --- the swap (inside one transaction) --------------------------------------------------------
 
 
+def build_set_local(setting: str, value: str) -> sql.Composed:
+    """SET LOCAL of a server setting for the rest of the transaction (DDL can't take parameters)."""
+    return sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(setting), sql.Literal(value))
+
+
 def build_lock(tables: list[TableRef]) -> sql.Composed:
     return sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
         sql.SQL(", ").join(t.ident for t in tables)

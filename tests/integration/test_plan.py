@@ -119,6 +119,13 @@ def test_sql_prints_every_phase_and_changes_nothing(dsn: str, conn: psycopg.Conn
         "-- finalize",
     ):
         assert marker in out, marker
+    swap = out.split("BEGIN;\n", 1)[1].split("COMMIT;", 1)[0].splitlines()
+    # What cutover sends, in its order: its timeouts first, then the lock, then the catalog changes.
+    assert swap[:2] == [
+        "SET LOCAL \"lock_timeout\" = '500ms';",
+        "SET LOCAL \"statement_timeout\" = '5000ms';",
+    ]
+    assert swap[2].startswith("LOCK TABLE")
     cols = conn.execute(
         "SELECT count(*) FROM information_schema.columns WHERE column_name LIKE '%uuid'"
     ).fetchone()

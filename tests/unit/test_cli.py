@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from online_uuid.cli import app
@@ -34,20 +38,55 @@ def test_unreachable_server_is_exit_1_without_password() -> None:
     assert result.stderr.count("\n") == 1
 
 
+COMMANDS = (
+    "plan",
+    "start",
+    "backfill",
+    "status",
+    "pause",
+    "resume",
+    "throttle",
+    "verify",
+    "cutover",
+    "rollback",
+    "finalize",
+    "demo",
+)
+
+
+def _commands() -> dict[str, Any]:
+    """The click commands behind the app (typer >= 0.20 vendors click: no import of it here)."""
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def _options(command: str) -> list[Any]:
+    return [p for p in _commands()[command].params if p.param_type_name == "option"]
+
+
 def test_help_lists_every_command() -> None:
-    result = runner.invoke(app, ["--help"])
-    for command in (
-        "plan",
-        "start",
-        "backfill",
-        "status",
-        "pause",
-        "resume",
-        "throttle",
-        "verify",
-        "cutover",
-        "rollback",
-        "finalize",
-        "demo",
-    ):
-        assert command in result.stdout
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
+    # The first word of each row of the Commands panel: exactly the commands, none hidden or extra.
+    panel = result.stdout.split("Commands")[1]
+    listed = [m.group(1) for m in re.finditer(r"^[│|] (\w+) ", panel, flags=re.MULTILINE)]
+    assert sorted(listed) == sorted(COMMANDS)
+    assert sorted(_commands()) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_has_a_help_text(command: str) -> None:
+    missing = [p.opts[0] for p in _options(command) if not (p.help or "").strip()]
+    assert missing == []
+
+
+def test_shared_options_say_the_same_everywhere() -> None:
+    """An option that several commands take is declared once: same flag, same help."""
+    seen: dict[str, str | None] = {}
+    drift = []
+    for command in COMMANDS:
+        if command == "demo":  # its --dsn means a scratch schema, on purpose
+            continue
+        for p in _options(command):
+            doc = p.help
+            if seen.setdefault(p.opts[0], doc) != doc:
+                drift.append(f"{command} {p.opts[0]}")
+    assert drift == []

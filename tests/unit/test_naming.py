@@ -20,10 +20,12 @@ def test_long_names_are_shortened_with_a_stable_hash() -> None:
 
 
 def test_multibyte_names_are_cut_on_character_boundaries() -> None:
-    col = "é" * 40  # 80 bytes
+    col = "a" + "é" * 40  # 81 bytes: a cut at an even byte count splits an é
     shadow = naming.shadow_column(col)
     assert len(shadow.encode()) <= 63
-    shadow.encode().decode("utf-8")
+    head, digest = shadow.rsplit("_", 1)
+    assert col.startswith(head) and len(head) == 27  # whole characters only, none half-cut or replaced
+    assert len(digest) == 8 and digest != naming.retired_column(col).rsplit("_", 1)[1]
 
 
 def test_trigger_names_differ_per_table_and_column() -> None:

@@ -25,7 +25,7 @@ from ..errors import LockTimeoutError, StateError
 from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers, terminate_long_blockers
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, TableRef
-from ..settings import CutoverSettings
+from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
 
 log = structlog.get_logger("online_uuid")
@@ -285,9 +285,7 @@ def run_swap(
         attempt += 1
         started = time.monotonic()
         try:
-            held = _swap_once(
-                conn, mid, plan, side, lock.lock_timeout_ms, lock.statement_timeout_ms, src, dst
-            )
+            held = _swap_once(conn, mid, plan, side, lock, src, dst)
         except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
             outcome = "deadlock" if isinstance(exc, pgerrors.DeadlockDetected) else "lock_timeout"
             if metrics:
@@ -356,13 +354,26 @@ class _ReleaseProbe:
         return self.released_at
 
 
+def swap_prologue(plan: Plan, lock: LockSettings) -> list[Query]:
+    """The swap's first round trip: its timeouts, then LOCK of every table in a fixed order."""
+    return [
+        s.build_set_local("lock_timeout", f"{lock.lock_timeout_ms}ms"),
+        s.build_set_local("statement_timeout", f"{lock.statement_timeout_ms}ms"),
+        s.build_lock(plan.tables()),
+    ]
+
+
+def swap_body(conn: psycopg.Connection, plan: Plan, side: str) -> list[Query]:
+    """What the swap sends once its locks are held: views as defined now, PG 18 NOT NULL names kept."""
+    return swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side))
+
+
 def _swap_once(
     conn: psycopg.Connection,
     mid: str,
     plan: Plan,
     side: str,
-    lock_ms: int,
-    stmt_ms: int,
+    lock: LockSettings,
     src: Phase,
     dst: Phase,
 ) -> float:
@@ -370,17 +381,10 @@ def _swap_once(
     probe = _ReleaseProbe(conn, plan.tables()[0], naming.application_name(mid, "lock-probe"))
     try:
         with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; {}").format(
-                    sql.Literal(f"{lock_ms}ms"), sql.Literal(f"{stmt_ms}ms"), s.build_lock(plan.tables())
-                )
-            )
+            conn.execute(sql.SQL("; ").join(swap_prologue(plan, lock)))
             locked_at = time.monotonic()
             probe.arm()
-            body = swap_statements(
-                plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side)
-            )
-            conn.execute(sql.SQL(";\n").join(body))
+            conn.execute(sql.SQL(";\n").join(swap_body(conn, plan, side)))
             state.move(conn, mid, src, dst)
             state.forget_steps(conn, mid, f"prepare:{side}:")
             commit_sent = time.monotonic()
