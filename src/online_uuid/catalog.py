@@ -1,23 +1,50 @@
-"""Read-only pg_catalog queries: keys, foreign keys, indexes, dependents, privileges, blockers."""
+"""Read-only pg_catalog queries: keys, foreign keys, indexes, dependents, privileges, blockers.
+
+Every row comes back as a frozen dataclass (psycopg's `class_row`): its fields are the query's
+column names, so a renamed column fails loudly instead of reading None.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 
 from .model import TableRef
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 
+R = TypeVar("R")
+
+
+def _rows(
+    conn: psycopg.Connection, row: type[R], query: str, params: tuple[Any, ...] | list[Any] = ()
+) -> list[R]:
+    with conn.cursor(row_factory=class_row(row)) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def _one(
+    conn: psycopg.Connection, row: type[R], query: str, params: tuple[Any, ...] | list[Any] = ()
+) -> R | None:
+    rows = _rows(conn, row, query, params)
+    return rows[0] if rows else None
+
+
+def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    got = conn.execute(query, params).fetchone()
+    return None if got is None else got[0]
+
 
 @dataclass(frozen=True)
 class TableInfo:
     oid: int
-    ref: TableRef
+    schema: str
+    name: str
     relkind: str
     is_partition: bool
     has_inheritance: bool
@@ -25,21 +52,132 @@ class TableInfo:
     bytes: int
     owned: bool  # current user may ALTER it (owner, member of owner role, or superuser)
 
-
-def _rows(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
+    @property
+    def ref(self) -> TableRef:
+        return TableRef(self.schema, self.name)
 
 
-def _one(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
-    rows = _rows(conn, query, params)
-    return rows[0] if rows else None
+@dataclass(frozen=True)
+class PrimaryKey:
+    conname: str
+    conkey: list[int]
+    columns: list[str]
+    types: list[str]
+    identity: str | None  # '' (none), 'a' (ALWAYS) or 'd' (BY DEFAULT) for a single column
+    default_expr: str | None
+    sequence: str | None
+
+
+@dataclass(frozen=True)
+class Column:
+    attnum: int
+    attname: str
+    type: str  # format_type(), e.g. "bigint"
+    attnotnull: bool
+    identity: str
+
+
+@dataclass(frozen=True)
+class ReferencingFk:
+    conname: str
+    child_oid: int
+    conkey: list[int]
+    confkey: list[int]
+    on_delete: str
+    on_update: str
+    condeferrable: bool
+    condeferred: bool
+    convalidated: bool
+    match: str
+
+
+@dataclass(frozen=True)
+class OwnFk:
+    conname: str
+    target: str  # the referenced table, as regclass text
+
+
+@dataclass(frozen=True)
+class Dependent:
+    catalog: str  # the catalog of the dependent object, e.g. pg_class, pg_constraint
+    objid: int
+    objsubid: int
+    deptype: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    method: str
+    indisunique: bool
+    indisprimary: bool
+    nkey: int
+    indkey: list[int]
+    indoption: list[int]
+    has_exprs: bool
+    predicate: str | None
+    table_oid: int
+    opclasses: list[str | None]
+    collations: list[str | None]
+    conname: str | None
+    contype: str | None
+    condeferrable: bool | None
+    condeferred: bool | None
+    columns: list[str | None] = field(default_factory=list)  # None for an expression
+
+
+@dataclass(frozen=True)
+class Constraint:
+    conname: str
+    contype: str
+    table_oid: int
+    index_oid: int
+    ref_oid: int
+
+
+@dataclass(frozen=True)
+class RewriteRule:
+    rulename: str
+    oid: int  # the relation the rule belongs to
+    relkind: str
+    nspname: str
+    relname: str
+
+
+@dataclass(frozen=True)
+class View:
+    nspname: str
+    relname: str
+    relkind: str
+    definition: str
+    options: list[str]
+    acl: list[str]
+    owner: str
+
+
+@dataclass(frozen=True)
+class Blocker:
+    pid: int
+    application_name: str | None
+    state: str | None
+    usename: str | None
+    xact_age_s: float | None
+    query: str | None
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str | None
+    age_s: float
 
 
 _TABLE_SQL = """
-SELECT c.oid::int8 AS oid, n.nspname, c.relname, c.relkind::text, c.relispartition,
-       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid) AS inh,
+SELECT c.oid::int8 AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind,
+       c.relispartition AS is_partition,
+       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)
+         AS has_inheritance,
        greatest(c.reltuples, 0)::int8 AS rows,
        pg_total_relation_size(c.oid)::int8 AS bytes,
        pg_has_role(current_user, c.relowner, 'USAGE') AS owned
@@ -49,45 +187,37 @@ SELECT c.oid::int8 AS oid, n.nspname, c.relname, c.relkind::text, c.relispartiti
 
 
 def read_table_by_oid(conn: psycopg.Connection, oid: int) -> TableInfo:
-    r = _one(conn, _TABLE_SQL, (oid,))
+    r = _one(conn, TableInfo, _TABLE_SQL, (oid,))
     assert r is not None, oid
-    return TableInfo(
-        oid=r["oid"],
-        ref=TableRef(r["nspname"], r["relname"]),
-        relkind=r["relkind"],
-        is_partition=r["relispartition"],
-        has_inheritance=r["inh"],
-        rows=r["rows"],
-        bytes=r["bytes"],
-        owned=r["owned"],
-    )
+    return r
+
+
+def _regclass(conn: psycopg.Connection, name: str) -> int | None:
+    value = _scalar(conn, "SELECT to_regclass(%s)::oid::int8", (name,))
+    return None if value is None else int(value)
 
 
 def resolve_table(conn: psycopg.Connection, name: str) -> int | None:
-    """The table's oid, parsing `name` exactly as SQL would (quotes, schema, search_path)."""
+    """The oid of a name the user typed, parsed exactly as SQL would (quotes, schema, search_path)."""
     try:
-        r = _one(conn, "SELECT to_regclass(%s)::oid::int8 AS oid", (name,))
-    except psycopg.errors.InvalidName:
+        return _regclass(conn, name)
+    except psycopg.Error:  # e.g. InvalidName: unbalanced quotes
         return None
-    except psycopg.Error:
-        return None
-    return None if r is None or r["oid"] is None else int(r["oid"])
 
 
 def read_table_ref(conn: psycopg.Connection, ref: TableRef) -> int | None:
-    r = _one(
-        conn,
-        "SELECT c.oid::int8 AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s",
-        (ref.schema, ref.name),
-    )
-    return None if r is None else int(r["oid"])
+    """The oid of a relation (table, index, view) we know by schema and name; None when gone.
+
+    The one way to look up an oid: the same to_regclass as for typed names, on the quoted name.
+    """
+    return _regclass(conn, ref.ident.as_string(conn))
 
 
-def read_primary_key(conn: psycopg.Connection, oid: int) -> dict[str, Any] | None:
+def read_primary_key(conn: psycopg.Connection, oid: int) -> PrimaryKey | None:
     """The primary key: name, columns, and for a single column its type, identity, default, sequence."""
     return _one(
         conn,
+        PrimaryKey,
         """
         SELECT con.conname, con.conkey::int2[] AS conkey,
                array_agg(a.attname ORDER BY k.ord) AS columns,
@@ -106,30 +236,27 @@ def read_primary_key(conn: psycopg.Connection, oid: int) -> dict[str, Any] | Non
     )
 
 
-def read_column(conn: psycopg.Connection, oid: int, name: str) -> dict[str, Any] | None:
-    return _one(
-        conn,
-        "SELECT attnum, format_type(atttypid, atttypmod) AS type, attnotnull, attidentity::text AS identity "
-        "FROM pg_attribute WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
-        (oid, name),
-    )
+_COLUMN_SQL = (
+    "SELECT attnum::int AS attnum, attname, format_type(atttypid, atttypmod) AS type, attnotnull, "
+    "attidentity::text AS identity FROM pg_attribute WHERE attrelid = %s AND NOT attisdropped "
+)
 
 
-def read_column_by_num(conn: psycopg.Connection, oid: int, attnum: int) -> dict[str, Any]:
-    r = _one(
-        conn,
-        "SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull "
-        "FROM pg_attribute WHERE attrelid = %s AND attnum = %s",
-        (oid, attnum),
-    )
+def read_column(conn: psycopg.Connection, oid: int, name: str) -> Column | None:
+    return _one(conn, Column, _COLUMN_SQL + "AND attname = %s", (oid, name))
+
+
+def read_column_by_num(conn: psycopg.Connection, oid: int, attnum: int) -> Column:
+    r = _one(conn, Column, _COLUMN_SQL + "AND attnum = %s", (oid, attnum))
     assert r is not None
     return r
 
 
-def read_referencing_fks(conn: psycopg.Connection, oid: int, attnum: int) -> list[dict[str, Any]]:
+def read_referencing_fks(conn: psycopg.Connection, oid: int, attnum: int) -> list[ReferencingFk]:
     """Every FK in the database whose referenced columns include the key column (any schema)."""
     return _rows(
         conn,
+        ReferencingFk,
         """
         SELECT con.conname, con.conrelid::int8 AS child_oid, con.conkey::int2[] AS conkey,
                con.confkey::int2[] AS confkey, con.confdeltype::text AS on_delete,
@@ -143,10 +270,11 @@ def read_referencing_fks(conn: psycopg.Connection, oid: int, attnum: int) -> lis
     )
 
 
-def read_fks_from(conn: psycopg.Connection, oid: int, attnum: int) -> list[dict[str, Any]]:
+def read_fks_from(conn: psycopg.Connection, oid: int, attnum: int) -> list[OwnFk]:
     """FKs whose own (referencing) columns include this column."""
     return _rows(
         conn,
+        OwnFk,
         "SELECT conname, confrelid::regclass::text AS target FROM pg_constraint "
         "WHERE contype = 'f' AND conrelid = %s AND %s = ANY (conkey)",
         (oid, attnum),
@@ -156,9 +284,9 @@ def read_fks_from(conn: psycopg.Connection, oid: int, attnum: int) -> list[dict[
 def read_batch_column(conn: psycopg.Connection, oid: int, fk_attnum: int) -> str | None:
     """An integer column the backfill can walk: the single-column integer PK, else an index on the FK."""
     pk = read_primary_key(conn, oid)
-    if pk and len(pk["columns"]) == 1 and pk["types"][0] in INTEGER_TYPES:
-        return str(pk["columns"][0])
-    r = _one(
+    if pk and len(pk.columns) == 1 and pk.types[0] in INTEGER_TYPES:
+        return pk.columns[0]
+    name = _scalar(
         conn,
         """
         SELECT a.attname FROM pg_index i
@@ -170,15 +298,16 @@ def read_batch_column(conn: psycopg.Connection, oid: int, fk_attnum: int) -> str
         """,
         (oid, fk_attnum),
     )
-    return None if r is None else str(r["attname"])
+    return None if name is None else str(name)
 
 
-def read_column_dependents(conn: psycopg.Connection, oid: int, attnum: int) -> list[dict[str, Any]]:
+def read_column_dependents(conn: psycopg.Connection, oid: int, attnum: int) -> list[Dependent]:
     """Everything pg_depend says depends on the column, described by the server itself."""
     return _rows(
         conn,
+        Dependent,
         """
-        SELECT d.classid::regclass::text AS catalog, d.objid::int8 AS objid, d.objsubid,
+        SELECT d.classid::regclass::text AS catalog, d.objid::int8 AS objid, d.objsubid::int AS objsubid,
                d.deptype::text AS deptype,
                pg_describe_object(d.classid, d.objid, d.objsubid) AS description
           FROM pg_depend d
@@ -190,10 +319,11 @@ def read_column_dependents(conn: psycopg.Connection, oid: int, attnum: int) -> l
     )
 
 
-def read_index(conn: psycopg.Connection, index_oid: int) -> dict[str, Any]:
+def read_index(conn: psycopg.Connection, index_oid: int) -> Index:
     """An index's shape: method, key and INCLUDE columns, options, opclasses, collations, predicate."""
     r = _one(
         conn,
+        Index,
         """
         SELECT ic.relname AS name, am.amname AS method, i.indisunique, i.indisprimary,
                i.indnkeyatts::int AS nkey, i.indkey::int2[] AS indkey, i.indoption::int2[] AS indoption,
@@ -222,16 +352,15 @@ def read_index(conn: psycopg.Connection, index_oid: int) -> dict[str, Any]:
         (index_oid,),
     )
     assert r is not None
-    r["columns"] = [
-        None if n == 0 else read_column_by_num(conn, r["table_oid"], n)["attname"] for n in r["indkey"]
-    ]
-    return r
+    columns = [None if n == 0 else read_column_by_num(conn, r.table_oid, n).attname for n in r.indkey]
+    return replace(r, columns=columns)
 
 
-def read_constraint(conn: psycopg.Connection, con_oid: int) -> dict[str, Any]:
+def read_constraint(conn: psycopg.Connection, con_oid: int) -> Constraint:
     r = _one(
         conn,
-        "SELECT conname, contype::text, conrelid::int8 AS table_oid, conindid::int8 AS index_oid, "
+        Constraint,
+        "SELECT conname, contype::text AS contype, conrelid::int8 AS table_oid, conindid::int8 AS index_oid, "
         "confrelid::int8 AS ref_oid FROM pg_constraint WHERE oid = %s",
         (con_oid,),
     )
@@ -239,11 +368,12 @@ def read_constraint(conn: psycopg.Connection, con_oid: int) -> dict[str, Any]:
     return r
 
 
-def read_rewrite_view(conn: psycopg.Connection, rewrite_oid: int) -> dict[str, Any]:
+def read_rewrite_view(conn: psycopg.Connection, rewrite_oid: int) -> RewriteRule:
     """The relation a rewrite rule belongs to (a view's _RETURN rule, or a real rule)."""
     r = _one(
         conn,
-        "SELECT r.rulename, r.ev_class::int8 AS oid, c.relkind::text, n.nspname, c.relname "
+        RewriteRule,
+        "SELECT r.rulename, r.ev_class::int8 AS oid, c.relkind::text AS relkind, n.nspname, c.relname "
         "FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = %s",
         (rewrite_oid,),
@@ -252,11 +382,12 @@ def read_rewrite_view(conn: psycopg.Connection, rewrite_oid: int) -> dict[str, A
     return r
 
 
-def read_view(conn: psycopg.Connection, view_oid: int) -> dict[str, Any]:
+def read_view(conn: psycopg.Connection, view_oid: int) -> View:
     """A view's definition, options, ACL and owner, captured before the swap renames columns."""
     r = _one(
         conn,
-        "SELECT n.nspname, c.relname, c.relkind::text, pg_get_viewdef(c.oid) AS definition, "
+        View,
+        "SELECT n.nspname, c.relname, c.relkind::text AS relkind, pg_get_viewdef(c.oid) AS definition, "
         "coalesce(c.reloptions, '{}') AS options, coalesce(c.relacl::text[], '{}') AS acl, "
         "pg_get_userbyid(c.relowner) AS owner "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
@@ -268,36 +399,33 @@ def read_view(conn: psycopg.Connection, view_oid: int) -> dict[str, Any]:
 
 def read_views_on_view(conn: psycopg.Connection, view_oid: int) -> list[int]:
     """Views that read another view (any column): they must be dropped and recreated with it."""
-    rows = _rows(
-        conn,
+    rows = conn.execute(
         "SELECT DISTINCT r.ev_class::int8 AS oid FROM pg_depend d "
         "JOIN pg_rewrite r ON r.oid = d.objid "
         "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
         "AND d.refobjid = %s AND r.ev_class <> %s",
         (view_oid, view_oid),
-    )
-    return [int(r["oid"]) for r in rows]
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def read_publication_columns(conn: psycopg.Connection, oid: int, attnum: int) -> list[str]:
     """Publications whose column list names the column (PostgreSQL 15+)."""
     if conn.info.server_version < 150000:
         return []
-    rows = _rows(
-        conn,
+    rows = conn.execute(
         "SELECT p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
         "WHERE pr.prrelid = %s AND pr.prattrs IS NOT NULL AND %s = ANY (pr.prattrs::int2[])",
         (oid, attnum),
-    )
-    return [str(r["pubname"]) for r in rows]
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def read_functions_naming(conn: psycopg.Connection, names: list[str]) -> list[str]:
     """User functions whose source text mentions any of these names (invisible to pg_depend)."""
     if not names:
         return []
-    rows = _rows(
-        conn,
+    rows = conn.execute(
         """
         SELECT p.oid::regprocedure::text AS fn, p.prosrc
           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -307,14 +435,14 @@ def read_functions_naming(conn: psycopg.Connection, names: list[str]) -> list[st
          ORDER BY 1
         """,
         (["%" + n + "%" for n in names],),
-    )
+    ).fetchall()
     words = [re.compile(r"(?<![A-Za-z0-9_$])" + re.escape(n) + r"(?![A-Za-z0-9_$])", re.I) for n in names]
-    return [str(r["fn"]) for r in rows if any(w.search(r["prosrc"] or "") for w in words)]
+    return [str(fn) for fn, src in rows if any(w.search(src or "") for w in words)]
 
 
 def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oid: int) -> str | None:
     """A role that may write the child table but not read the parent (the trigger must then be DEFINER)."""
-    r = _one(
+    name = _scalar(
         conn,
         """
         SELECT r.rolname FROM pg_roles r
@@ -326,23 +454,25 @@ def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oi
         """,
         (child_oid, child_oid, parent_oid),
     )
-    return None if r is None else str(r["rolname"])
+    return None if name is None else str(name)
 
 
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
-    r = _one(
-        conn,
-        "SELECT has_database_privilege(current_database(), 'CREATE') "
-        "OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'online_uuid' "
-        "AND has_schema_privilege(oid, 'CREATE')) AS ok",
+    return bool(
+        _scalar(
+            conn,
+            "SELECT has_database_privilege(current_database(), 'CREATE') "
+            "OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'online_uuid' "
+            "AND has_schema_privilege(oid, 'CREATE')) AS ok",
+        )
     )
-    return bool(r and r["ok"])
 
 
-def read_blockers(conn: psycopg.Connection, table_oids: list[int]) -> list[dict[str, Any]]:
+def read_blockers(conn: psycopg.Connection, table_oids: list[int]) -> list[Blocker]:
     """Backends holding or waiting for locks on these tables, with what a DBA needs to decide."""
     return _rows(
         conn,
+        Blocker,
         """
         SELECT DISTINCT a.pid, a.application_name, a.state, a.usename,
                round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)::float8 AS xact_age_s,
@@ -353,4 +483,52 @@ def read_blockers(conn: psycopg.Connection, table_oids: list[int]) -> list[dict[
          ORDER BY xact_age_s DESC NULLS LAST
         """,
         (table_oids,),
+    )
+
+
+def read_not_null_names(conn: psycopg.Connection, oid: int, columns: list[str]) -> dict[str, str]:
+    """Column -> name of its NOT NULL constraint (PostgreSQL 18 records them in pg_constraint)."""
+    rows = conn.execute(
+        "SELECT a.attname, c.conname FROM pg_constraint c JOIN pg_attribute a "
+        "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+        "WHERE c.contype = 'n' AND c.conrelid = %s AND a.attname = ANY(%s)",
+        (oid, columns),
+    ).fetchall()
+    return {str(column): str(name) for column, name in rows}
+
+
+def read_view_definition(conn: psycopg.Connection, oid: int) -> str | None:
+    """pg_get_viewdef as it is now (the swap recreates the view from it)."""
+    value = _scalar(conn, "SELECT pg_get_viewdef(%s::oid)", (oid,))
+    return None if value is None else str(value)
+
+
+def read_index_invalid(conn: psycopg.Connection, oid: int) -> bool:
+    """Whether the index is INVALID: left by an interrupted CREATE INDEX CONCURRENTLY."""
+    return bool(_scalar(conn, "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = %s", (oid,)))
+
+
+def read_lagging_standbys(conn: psycopg.Connection, over_s: float) -> list[tuple[str, float]]:
+    """(application_name, replay lag in seconds) of the standbys lagging more than `over_s`."""
+    rows = conn.execute(
+        "SELECT application_name, extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication "
+        "WHERE replay_lag > make_interval(secs => %s)",
+        (over_s,),
+    ).fetchall()
+    return [(str(name), float(secs)) for name, secs in rows]
+
+
+def read_old_lock_holders(
+    conn: psycopg.Connection, table_oids: list[int], older_than_s: float
+) -> list[LockHolder]:
+    """Other sessions holding a lock on these tables in a transaction older than `older_than_s`."""
+    return _rows(
+        conn,
+        LockHolder,
+        "SELECT DISTINCT a.pid, a.application_name, "
+        "extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS age_s "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = ANY(%s::oid[]) "
+        "AND l.granted AND a.pid <> pg_backend_pid() "
+        "AND a.xact_start < clock_timestamp() - make_interval(secs => %s)",
+        (table_oids, older_than_s),
     )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .catalog import Blocker
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_REFUSED = 2
@@ -37,7 +42,7 @@ class LockTimeoutError(OnlineUuidError):
 
     exit_code = EXIT_LOCK_TIMEOUT
 
-    def __init__(self, message: str, blockers: list[dict[str, object]] | None = None) -> None:
+    def __init__(self, message: str, blockers: list[Blocker] | None = None) -> None:
         super().__init__(message)
         self.blockers = blockers or []
 

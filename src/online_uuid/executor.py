@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import psycopg
 import structlog
@@ -27,8 +28,9 @@ from .statements import Query
 
 log = structlog.get_logger("online_uuid")
 
-DDL = "ddl"  # one transaction, short lock_timeout, retried on lock timeouts
-ONLINE = "online"  # autocommit, one statement at a time (CREATE INDEX CONCURRENTLY, VALIDATE)
+StepKind = Literal["ddl", "online"]
+DDL: StepKind = "ddl"  # one transaction, short lock_timeout, retried on lock timeouts
+ONLINE: StepKind = "online"  # autocommit, one statement at a time (CREATE INDEX CONCURRENTLY, VALIDATE)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Step:
     id: str
     statements: tuple[Query, ...]
     tables: tuple[TableRef, ...] = ()
-    kind: str = DDL
+    kind: StepKind = DDL
     description: str = ""
     index: tuple[TableRef, str] | None = None  # a concurrently built index to clean up if INVALID
     phase: str = ""
@@ -109,11 +111,8 @@ class Executor:
         state.mark_step(self.conn, self.migration, step.id)
 
     def _drop_invalid_index(self, table: TableRef, index: str) -> None:
-        row = self.conn.execute(
-            "SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            (sql.Identifier(table.schema, index).as_string(self.conn),),
-        ).fetchone()
-        if row and row[0]:
+        oid = catalog.read_table_ref(self.conn, TableRef(table.schema, index))
+        if oid is not None and catalog.read_index_invalid(self.conn, oid):
             log.warning("dropping an INVALID index left by an earlier attempt", index=index)
             self.conn.execute(
                 sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(table.schema, index))
@@ -171,18 +170,18 @@ def with_lock_retries(
         ) from None
 
 
-def blockers_of(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[dict[str, object]]:
+def blockers_of(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[catalog.Blocker]:
     oids = [oid for t in tables if (oid := catalog.read_table_ref(conn, t)) is not None]
-    return [dict(b) for b in catalog.read_blockers(conn, oids)] if oids else []
+    return catalog.read_blockers(conn, oids) if oids else []
 
 
-def old_blockers(blockers: list[dict[str, object]], older_than_s: float) -> list[int]:
+def old_blockers(blockers: list[catalog.Blocker], older_than_s: float) -> list[int]:
     """Pids whose transaction began before our attempt did: the ones that made it time out.
 
     Sessions that queued behind our lock request hold locks too, but they are the application.
     The age is rounded to 0.1 s, hence the margin.
     """
-    return [int(str(b["pid"])) for b in blockers if float(str(b.get("xact_age_s") or 0)) > older_than_s + 0.1]
+    return [b.pid for b in blockers if (b.xact_age_s or 0) > older_than_s + 0.1]
 
 
 def terminate_long_blockers(
@@ -195,7 +194,7 @@ def terminate_long_blockers(
         conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
     if pids:
         time.sleep(0.2)
-        still = {int(str(b["pid"])) for b in blockers_of(conn, tables)}
+        still = {b.pid for b in blockers_of(conn, tables)}
         for pid in pids:
             if pid in still:
                 conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -203,12 +202,12 @@ def terminate_long_blockers(
     return pids
 
 
-def describe_blockers(blockers: list[dict[str, object]]) -> str:
+def describe_blockers(blockers: list[catalog.Blocker]) -> str:
     if not blockers:
         return "no backend visible now"
     parts = [
-        f"pid {b['pid']} ({b.get('application_name') or '-'}, {b.get('state')}, "
-        f"transaction {b.get('xact_age_s')} s old: {str(b.get('query') or '')[:80]!r})"
+        f"pid {b.pid} ({b.application_name or '-'}, {b.state}, "
+        f"transaction {b.xact_age_s} s old: {(b.query or '')[:80]!r})"
         for b in blockers[:3]
     ]
     more = f" and {len(blockers) - 3} more" if len(blockers) > 3 else ""

@@ -5,11 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import sql
 
 PLAN_FORMAT_VERSION = 1
+
+# The columns coming in at a swap: "shadow" (the uuid side, forward) or "retired" (integer, reverse).
+Side = Literal["shadow", "retired"]
+# A backfill job fills a key's shadow ("key") or a foreign key's ("fk"); keys come first.
+JobKind = Literal["key", "fk"]
 
 # PostgreSQL's reserved key words (SQL Key Words appendix): shown quoted in human output.
 RESERVED = frozenset(
@@ -257,7 +262,7 @@ class BackfillJob:
     """One shadow column to fill: a key (`kind='key'`) or a foreign key (`kind='fk'`)."""
 
     job_id: str
-    kind: str
+    kind: JobKind
     table: TableRef
     column: str  # the integer column (key, or FK column)
     shadow: str

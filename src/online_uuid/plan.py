@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 
@@ -13,6 +12,7 @@ from .model import (
     DependentView,
     ForeignKeyConversion,
     IndexTwin,
+    JobKind,
     KeyConversion,
     Plan,
     TableRef,
@@ -41,7 +41,7 @@ class _Builder:
         self.indexes: dict[tuple[TableRef, str], IndexTwin] = {}
         self.views: dict[int, DependentView] = {}
         self.warnings: list[Warning_] = []
-        self.converted: dict[int, dict[int, str]] = {}  # table oid -> attnum -> role ("key"/"fk")
+        self.converted: dict[int, dict[int, JobKind]] = {}  # table oid -> attnum -> role
         self.tables: dict[int, catalog.TableInfo] = {}
 
     def table(self, oid: int) -> catalog.TableInfo:
@@ -81,13 +81,13 @@ class _Builder:
         pk = catalog.read_primary_key(self.conn, oid)
         if pk is None:
             raise PlanError(f"{info.ref} has no primary key; add one before converting it")
-        if len(pk["columns"]) != 1:
-            cols = ", ".join(pk["columns"])
+        if len(pk.columns) != 1:
+            cols = ", ".join(pk.columns)
             raise PlanError(
                 f"{info.ref} has a composite primary key ({cols}); online-uuid converts single-column "
                 "integer keys only"
             )
-        column, type_ = pk["columns"][0], pk["types"][0]
+        column, type_ = pk.columns[0], pk.types[0]
         if type_ == "uuid":
             raise PlanError(f"{info.ref}.{column} is already uuid; nothing to convert, drop it from --table")
         if type_ not in catalog.INTEGER_TYPES:
@@ -95,17 +95,17 @@ class _Builder:
                 f"{info.ref}.{column} is {type_}, not an integer key; online-uuid converts "
                 "smallint/integer/bigint keys only"
             )
-        attnum = int(pk["conkey"][0])
+        attnum = int(pk.conkey[0])
         if any(existing.table == info.ref for existing in self.keys):
             return
         self._check_free_names(info, column)
         for fk in catalog.read_fks_from(self.conn, oid, attnum):
             raise PlanError(
-                f"{info.ref}.{column} is both a primary key and a foreign key ({fk['conname']} -> "
-                f"{fk['target']}); list {fk['target']} too or convert {info.ref} separately"
+                f"{info.ref}.{column} is both a primary key and a foreign key ({fk.conname} -> "
+                f"{fk.target}); list {fk.target} too or convert {info.ref} separately"
             )
         self.converted.setdefault(oid, {})[attnum] = "key"
-        seq = pk["sequence"]
+        seq = pk.sequence
         self.keys.append(
             KeyConversion(
                 table=info.ref,
@@ -113,10 +113,10 @@ class _Builder:
                 type=type_,
                 shadow=shadow_column(column),
                 retired=retired_column(column),
-                constraint=pk["conname"],
-                identity=pk["identity"] or "",
+                constraint=pk.conname,
+                identity=pk.identity or "",
                 sequence=seq,
-                default=pk["default_expr"],
+                default=pk.default_expr,
                 rows=info.rows,
                 bytes=info.bytes,
             )
@@ -133,34 +133,34 @@ class _Builder:
 
     def _add_referencing_fks(self, parent: catalog.TableInfo, column: str, attnum: int) -> None:
         for fk in catalog.read_referencing_fks(self.conn, parent.oid, attnum):
-            child = self.table(int(fk["child_oid"]))
-            if len(fk["conkey"]) != 1:
+            child = self.table(int(fk.child_oid))
+            if len(fk.conkey) != 1:
                 raise PlanError(
-                    f"foreign key {fk['conname']} on {child.ref} is composite and references "
+                    f"foreign key {fk.conname} on {child.ref} is composite and references "
                     f"{parent.ref}.{column}; online-uuid cannot convert composite foreign keys: "
                     "drop it before the migration and recreate it after"
                 )
-            if "d" in (fk["on_delete"], fk["on_update"]):
+            if "d" in (fk.on_delete, fk.on_update):
                 raise PlanError(
-                    f"foreign key {fk['conname']} on {child.ref} uses SET DEFAULT, which has no UUID "
+                    f"foreign key {fk.conname} on {child.ref} uses SET DEFAULT, which has no UUID "
                     "equivalent; change it to another action first"
                 )
-            child_att = int(fk["conkey"][0])
+            child_att = int(fk.conkey[0])
             col = catalog.read_column_by_num(self.conn, child.oid, child_att)
-            if col["type"] not in catalog.INTEGER_TYPES:
-                raise PlanError(f"{child.ref}.{col['attname']} is {col['type']}, expected an integer")
+            if col.type not in catalog.INTEGER_TYPES:
+                raise PlanError(f"{child.ref}.{col.attname} is {col.type}, expected an integer")
             if self.converted.get(child.oid, {}).get(child_att) is not None:
                 raise PlanError(
-                    f"{child.ref}.{col['attname']} would be converted twice (it is a key and a foreign "
-                    f"key via {fk['conname']}); convert those tables in separate migrations"
+                    f"{child.ref}.{col.attname} would be converted twice (it is a key and a foreign "
+                    f"key via {fk.conname}); convert those tables in separate migrations"
                 )
-            self._check_free_names(child, col["attname"])
+            self._check_free_names(child, col.attname)
             batch = catalog.read_batch_column(self.conn, child.oid, child_att)
             if batch is None:
                 raise PlanError(
                     f"{child.ref} has no single-column integer primary key and no index on "
-                    f"{col['attname']}, so the backfill cannot walk it; CREATE INDEX CONCURRENTLY on "
-                    f"{child.ref} ({col['attname']}) first"
+                    f"{col.attname}, so the backfill cannot walk it; CREATE INDEX CONCURRENTLY on "
+                    f"{child.ref} ({col.attname}) first"
                 )
             self.converted.setdefault(child.oid, {})[child_att] = "fk"
             writer = catalog.read_writer_without_read(self.conn, child.oid, parent.oid)
@@ -169,27 +169,27 @@ class _Builder:
                     Warning_(
                         object=f"role {writer}",
                         message=f"may write {child.ref} but not read {parent.ref}; the dual-write trigger of "
-                        f"{fk['conname']} runs SECURITY DEFINER (about 15% slower inserts). GRANT SELECT ON "
+                        f"{fk.conname} runs SECURITY DEFINER (about 15% slower inserts). GRANT SELECT ON "
                         f"{parent.ref} TO {writer} before start to avoid it",
                     )
                 )
             self.fks.append(
                 ForeignKeyConversion(
-                    name=fk["conname"],
+                    name=fk.conname,
                     table=child.ref,
-                    column=col["attname"],
-                    shadow=shadow_column(col["attname"]),
-                    retired=retired_column(col["attname"]),
+                    column=col.attname,
+                    shadow=shadow_column(col.attname),
+                    retired=retired_column(col.attname),
                     ref_table=parent.ref,
                     ref_column=column,
-                    on_delete=fk["on_delete"],
-                    on_update=fk["on_update"],
-                    deferrable=fk["condeferrable"],
-                    initially_deferred=fk["condeferred"],
-                    not_null=col["attnotnull"],
+                    on_delete=fk.on_delete,
+                    on_update=fk.on_update,
+                    deferrable=fk.condeferrable,
+                    initially_deferred=fk.condeferred,
+                    not_null=col.attnotnull,
                     batch_column=batch,
                     table_rows=child.rows,
-                    final_on_delete="c" if self.cascade else fk["on_delete"],
+                    final_on_delete="c" if self.cascade else fk.on_delete,
                     definer=writer is not None,
                 )
             )
@@ -208,14 +208,14 @@ class _Builder:
                         "remove the column list (ALTER PUBLICATION ... SET TABLE) before migrating"
                     )
 
-    def _classify(self, info: catalog.TableInfo, attnum: int, dep: dict[str, Any]) -> None:
-        kind, what = dep["catalog"], dep["description"]
+    def _classify(self, info: catalog.TableInfo, attnum: int, dep: catalog.Dependent) -> None:
+        kind, what = dep.catalog, dep.description
         if kind == "pg_class":
-            self._dependent_relation(info, int(dep["objid"]), what)
+            self._dependent_relation(info, int(dep.objid), what)
         elif kind == "pg_constraint":
-            self._dependent_constraint(info, int(dep["objid"]), what)
+            self._dependent_constraint(info, int(dep.objid), what)
         elif kind == "pg_rewrite":
-            self._dependent_rule(int(dep["objid"]), what)
+            self._dependent_rule(int(dep.objid), what)
         elif kind == "pg_attrdef":
             pass  # the column's own default (a serial's nextval) stays with the integer column
         else:
@@ -238,52 +238,53 @@ class _Builder:
 
     def _dependent_index(self, info: catalog.TableInfo, index_oid: int) -> None:
         idx = catalog.read_index(self.conn, index_oid)
-        if idx["indisprimary"] and self.converted[info.oid].get(idx["indkey"][0]) == "key":
+        if idx.indisprimary and self.converted[info.oid].get(idx.indkey[0]) == "key":
             return  # the key's own primary key: rebuilt from the shadow unique index
-        name = idx["name"]
-        if idx["has_exprs"] or None in idx["columns"]:
+        name = idx.name
+        if idx.has_exprs or None in idx.columns:
             raise PlanError(
                 f"index {name} on {info.ref} uses a converted column in an expression; drop it before "
                 "the migration and recreate it after cutover"
             )
-        if idx["predicate"] and any(c in idx["predicate"] for c in self._converted_names(info.oid)):
+        if idx.predicate and any(c in idx.predicate for c in self._converted_names(info.oid)):
             raise PlanError(
                 f"partial index {name} on {info.ref} names a converted column in its WHERE clause; "
                 "drop it before the migration and recreate it after cutover"
             )
-        if idx["method"] not in SUPPORTED_INDEX_METHODS:
+        if idx.method not in SUPPORTED_INDEX_METHODS:
             raise PlanError(
-                f"index {name} on {info.ref} uses {idx['method']}, which online-uuid cannot rebuild on "
+                f"index {name} on {info.ref} uses {idx.method}, which online-uuid cannot rebuild on "
                 "uuid; drop it before the migration and recreate it after cutover"
             )
-        if idx["contype"] == "x":
+        if idx.contype == "x":
             raise PlanError(
-                f"exclusion constraint {idx['conname']} on {info.ref} covers a converted column; drop "
+                f"exclusion constraint {idx.conname} on {info.ref} covers a converted column; drop "
                 "it before the migration and recreate it after cutover"
             )
-        nkey = idx["nkey"]
+        nkey = idx.nkey
+        columns = [c for c in idx.columns if c is not None]  # none is: expressions were refused above
         converted = set(self._converted_names(info.oid))
-        opts = [int(o) for o in idx["indoption"]]
+        opts = [int(o) for o in idx.indoption]
         self.indexes[(info.ref, name)] = IndexTwin(
             table=info.ref,
             name=name,
             twin=twin_index(name),
-            columns=tuple(idx["columns"][:nkey]),
-            include=tuple(idx["columns"][nkey:]),
-            unique=idx["indisunique"],
-            method=idx["method"],
-            constraint=idx["conname"],
-            constraint_type=idx["contype"] or "",
-            deferrable=bool(idx["condeferrable"]),
-            initially_deferred=bool(idx["condeferred"]),
-            predicate=idx["predicate"],
+            columns=tuple(columns[:nkey]),
+            include=tuple(columns[nkey:]),
+            unique=idx.indisunique,
+            method=idx.method,
+            constraint=idx.conname,
+            constraint_type=idx.contype or "",
+            deferrable=bool(idx.condeferrable),
+            initially_deferred=bool(idx.condeferred),
+            predicate=idx.predicate,
             descending=tuple(bool(o & 1) for o in opts[:nkey]),
             nulls_first=tuple(bool(o & 2) for o in opts[:nkey]),
             opclasses=tuple(
                 None if c in converted else oc
-                for c, oc in zip(idx["columns"][:nkey], idx["opclasses"][:nkey], strict=True)
+                for c, oc in zip(columns[:nkey], idx.opclasses[:nkey], strict=True)
             ),
-            collations=tuple(idx["collations"][:nkey]),
+            collations=tuple(idx.collations[:nkey]),
         )
 
     def _converted_names(self, oid: int) -> list[str]:
@@ -293,10 +294,10 @@ class _Builder:
 
     def _dependent_constraint(self, info: catalog.TableInfo, con_oid: int, what: str) -> None:
         con = catalog.read_constraint(self.conn, con_oid)
-        if con["contype"] in ("f", "n"):
+        if con.contype in ("f", "n"):
             return  # foreign keys are converted themselves; NOT NULL (PG 18) is carried by the swap
-        if con["contype"] in ("p", "u", "x"):
-            self._dependent_index(info, int(con["index_oid"]))  # their index depends on them, not the column
+        if con.contype in ("p", "u", "x"):
+            self._dependent_index(info, int(con.index_oid))  # their index depends on them, not the column
             return
         raise PlanError(
             f"{what} uses a converted column of {info.ref}; online-uuid cannot rewrite it for uuid: "
@@ -305,15 +306,15 @@ class _Builder:
 
     def _dependent_rule(self, rewrite_oid: int, what: str) -> None:
         rule = catalog.read_rewrite_view(self.conn, rewrite_oid)
-        ref = TableRef(rule["nspname"], rule["relname"])
-        if rule["relkind"] == "m":
+        ref = TableRef(rule.nspname, rule.relname)
+        if rule.relkind == "m":
             raise PlanError(
                 f"materialized view {ref} reads a converted column; it would need a refresh under the "
                 "cutover lock: drop it before the migration and recreate it after"
             )
-        if rule["relkind"] != "v" or rule["rulename"] != "_RETURN":
+        if rule.relkind != "v" or rule.rulename != "_RETURN":
             raise PlanError(f"{what} reads a converted column; drop the rule before the migration")
-        self._add_view(int(rule["oid"]), depth=0)
+        self._add_view(int(rule.oid), depth=0)
 
     def _add_view(self, oid: int, depth: int) -> None:
         if depth > 50:
@@ -323,12 +324,12 @@ class _Builder:
             return
         v = catalog.read_view(self.conn, oid)
         self.views[oid] = DependentView(
-            view=TableRef(v["nspname"], v["relname"]),
-            definition=v["definition"],
-            kind=v["relkind"],
-            options=tuple(v["options"]),
-            acl=tuple(v["acl"]),
-            owner=v["owner"],
+            view=TableRef(v.nspname, v.relname),
+            definition=v.definition,
+            kind=v.relkind,
+            options=tuple(v.options),
+            acl=tuple(v.acl),
+            owner=v.owner,
             depth=depth,
         )
         for child in catalog.read_views_on_view(self.conn, oid):

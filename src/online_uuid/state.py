@@ -14,8 +14,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from . import catalog
 from .errors import ConcurrentRunError, StateError
-from .model import ACTIVE_PHASES, Phase, Plan, can_move
+from .model import ACTIVE_PHASES, Phase, Plan, TableRef, can_move
 from .naming import STATE_SCHEMA, advisory_key
 from .templates import render
 
@@ -27,8 +28,7 @@ def _t(name: str) -> sql.Identifier:
 
 
 def schema_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{STATE_SCHEMA}".migrations',)).fetchone()
-    return bool(row and row[0])
+    return catalog.read_table_ref(conn, TableRef(STATE_SCHEMA, "migrations")) is not None
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 from psycopg import sql
 
 from . import naming
-from .model import ACTION_SQL, DependentView, ForeignKeyConversion, IndexTwin, KeyConversion, Plan, TableRef
+from .model import (
+    ACTION_SQL,
+    DependentView,
+    ForeignKeyConversion,
+    IndexTwin,
+    KeyConversion,
+    Plan,
+    Side,
+    TableRef,
+)
 from .naming import STATE_SCHEMA
 from .templates import render
 
 Query = sql.SQL | sql.Composed  # what Connection.execute accepts
-Side = str  # "shadow" (the uuid side before cutover) or "retired" (the integer side after it)
 
 
 def col_on(item: KeyConversion | ForeignKeyConversion, side: Side) -> str:

@@ -9,9 +9,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from . import state
+from . import catalog, state
 from .backfill import batch
-from .backfill.signals import read_dead_tuples, table_oid
+from .backfill.signals import read_dead_tuples
 from .backfill.throttle import eta_seconds, key_fraction
 from .naming import STATE_SCHEMA
 
@@ -76,10 +76,9 @@ def _events(conn: psycopg.Connection, mid: str) -> list[dict[str, Any]]:
 def _dead_tuples(conn: psycopg.Connection, m: state.Migration) -> dict[str, int]:
     out: dict[str, int] = {}
     for table in m.plan.tables():
-        try:
-            out[table.display()] = read_dead_tuples(conn, table_oid(conn, table.display()))
-        except psycopg.errors.UndefinedTable:
-            continue
+        oid = catalog.read_table_ref(conn, table)
+        if oid is not None:
+            out[table.display()] = read_dead_tuples(conn, oid)
     return out
 
 

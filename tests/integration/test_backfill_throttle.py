@@ -262,11 +262,13 @@ def test_metrics_carry_every_name(dsn: str, conn: psycopg.Connection) -> None:
 
 def test_signals_on_an_idle_database_never_throttle(dsn: str, conn: psycopg.Connection) -> None:
     """Every read_* query runs, and with default limits nothing holds the backfill back."""
+    from online_uuid import catalog
     from online_uuid.backfill import signals
     from online_uuid.backfill.throttle import decide
 
     create_schema(conn, parents=100, children=10, leaves=10)
-    oid = signals.table_oid(conn, PARENT.display())
+    oid = catalog.read_table_ref(conn, PARENT)
+    assert oid is not None
     assert signals.read_standby_lags(conn) == {}
     assert signals.read_replica_lag(conn) == 0.0  # a primary: nothing to replay
     assert signals.read_wal_lsn(conn) > 0

@@ -150,12 +150,6 @@ def read_barrier_waiters(conn: psycopg.Connection, barrier_at: datetime) -> list
     ]
 
 
-def table_oid(conn: psycopg.Connection, display_name: str) -> int:
-    row = conn.execute("SELECT %s::regclass::oid", (display_name,)).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 @dataclass
 class _Cached:
     at: float = float("-inf")

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 import psycopg
 import structlog
 
-from ..errors import BackfillError, RefusedError
+from .. import catalog
+from ..errors import BackfillError, RefusedError, StateError
 from ..metrics import table_label
-from ..model import BackfillJob, Phase
+from ..model import BackfillJob, Phase, TableRef
 from ..settings import BackfillSettings
 from . import batch, control
 from .context import RunContext, Session
 from .progress import JobProgress
-from .signals import read_dead_tuples, table_oid
+from .signals import read_dead_tuples
 from .throttle import (
     BatchSizer,
     RateMeter,
@@ -81,7 +82,7 @@ class Worker:
         if st.batch_size:
             self.sizer.size = st.batch_size
             self.sizer.retune(self.sizer.target_s, self.sizer.min_size, self.sizer.max_size)
-        self.oid = self.session.call(lambda c: table_oid(c, job.table.display()))
+        self.oid = self.session.call(lambda c: _table_oid(c, job.table))
         last = _Last()
         while not st.done:
             eff = self._gate(last)
@@ -234,3 +235,10 @@ class Worker:
             at_percent=round(pct, 1),
             seconds=round(time.monotonic() - t0, 2),
         )
+
+
+def _table_oid(conn: psycopg.Connection, table: TableRef) -> int:
+    oid = catalog.read_table_ref(conn, table)
+    if oid is None:
+        raise StateError(f"table {table} is gone since the migration started; run `online-uuid rollback`")
+    return oid

@@ -18,19 +18,21 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import naming, state
+from .. import catalog, naming, state
 from .. import statements as s
-from ..catalog import read_table_ref
 from ..errors import LockTimeoutError, StateError
 from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers, terminate_long_blockers
 from ..metrics import Metrics
-from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, TableRef
+from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
 
 log = structlog.get_logger("online_uuid")
 
-FORWARD, REVERSE = "shadow", "retired"
+STANDBY_LAG_S = 5.0  # `cutover --check` names standbys lagging more than this
+
+FORWARD: Side = "shadow"
+REVERSE: Side = "retired"
 
 
 def _items(plan: Plan) -> list[KeyConversion | ForeignKeyConversion]:
@@ -38,11 +40,11 @@ def _items(plan: Plan) -> list[KeyConversion | ForeignKeyConversion]:
     return [*plan.keys, *plan.foreign_keys]
 
 
-def other(side: str) -> str:
+def other(side: Side) -> Side:
     return REVERSE if side == FORWARD else FORWARD
 
 
-def prepare_steps(plan: Plan, side: str) -> list[Step]:
+def prepare_steps(plan: Plan, side: Side) -> list[Step]:
     """Everything slow, done online before any strong lock: indexes, proofs of NOT NULL, FKs."""
     p = f"prepare:{side}"
     steps: list[Step] = []
@@ -126,7 +128,7 @@ def _not_null_steps(prefix: str, table: TableRef, column: str, check: str, key: 
 
 def swap_statements(
     plan: Plan,
-    side: str,
+    side: Side,
     view_defs: dict[TableRef, str],
     not_null_renames: list[Query] | None = None,
 ) -> list[Query]:
@@ -185,7 +187,7 @@ def swap_statements(
     return st
 
 
-def _final_fk(plan: Plan, f: Any, side: str) -> list[Query]:
+def _final_fk(plan: Plan, f: Any, side: Side) -> list[Query]:
     prepared = naming.shadow_fk(f.name)
     if s.prepared_fk_actions(f, side) == s.fk_actions(f, side):
         return [s.build_rename_constraint(f.table, prepared, f.name)]
@@ -195,7 +197,7 @@ def _final_fk(plan: Plan, f: Any, side: str) -> list[Query]:
     ]
 
 
-def post_steps(plan: Plan, side: str) -> list[Step]:
+def post_steps(plan: Plan, side: Side) -> list[Step]:
     """FKs recreated NOT VALID in the swap (their actions changed) are validated online after it."""
     return [
         Step(
@@ -217,7 +219,7 @@ class SwapResult:
     blockers_terminated: list[int] = field(default_factory=list)
 
 
-def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[Query]:
+def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
     """PostgreSQL 18 names NOT NULL constraints after their column: carry the names through the renames.
 
     Without this the new key's constraint would be `<table>_<col>_not_null1` and the retired column
@@ -229,13 +231,9 @@ def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[Q
     first: list[Query] = []
     then: list[Query] = []
     for i, item in enumerate(_items(plan)):
-        names: dict[str, str] = dict(
-            conn.execute(
-                "SELECT a.attname, c.conname FROM pg_constraint c JOIN pg_attribute a "
-                "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-                "WHERE c.contype = 'n' AND c.conrelid = to_regclass(%s) AND a.attname = ANY(%s)",
-                (item.table.ident.as_string(conn), [item.column, s.col_on(item, side)]),
-            ).fetchall()
+        oid = catalog.read_table_ref(conn, item.table)
+        names = (
+            {} if oid is None else catalog.read_not_null_names(conn, oid, [item.column, s.col_on(item, side)])
         )
         live, incoming = names.get(item.column), names.get(s.col_on(item, side))
         tmp = naming.fit(f"ou_nn_{i}")
@@ -256,12 +254,11 @@ def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: str) -> list[Q
 def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
     defs: dict[TableRef, str] = {}
     for v in plan.views:
-        row = conn.execute(
-            "SELECT pg_get_viewdef(to_regclass(%s))", (v.view.ident.as_string(conn),)
-        ).fetchone()
-        if row is None or row[0] is None:
+        oid = catalog.read_table_ref(conn, v.view)
+        definition = None if oid is None else catalog.read_view_definition(conn, oid)
+        if definition is None:
             raise StateError(f"view {v.view} disappeared since the plan was made; recreate it or roll back")
-        defs[v.view] = row[0]
+        defs[v.view] = definition
     return defs
 
 
@@ -269,7 +266,7 @@ def run_swap(
     conn: psycopg.Connection,
     mid: str,
     plan: Plan,
-    side: str,
+    side: Side,
     settings: CutoverSettings,
     src: Phase,
     dst: Phase,
@@ -363,7 +360,7 @@ def swap_prologue(plan: Plan, lock: LockSettings) -> list[Query]:
     ]
 
 
-def swap_body(conn: psycopg.Connection, plan: Plan, side: str) -> list[Query]:
+def swap_body(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
     """What the swap sends once its locks are held: views as defined now, PG 18 NOT NULL names kept."""
     return swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side))
 
@@ -372,7 +369,7 @@ def _swap_once(
     conn: psycopg.Connection,
     mid: str,
     plan: Plan,
-    side: str,
+    side: Side,
     lock: LockSettings,
     src: Phase,
     dst: Phase,
@@ -459,28 +456,15 @@ def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSetti
         for name in [naming.unique_index(k.table, k.column)] + [
             i.twin for i in plan.indexes if i.table == k.table
         ]:
-            row = conn.execute(
-                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
-                (sql.Identifier(k.table.schema, name).as_string(conn),),
-            ).fetchone()
-            if row and row[0]:
+            oid = catalog.read_table_ref(conn, TableRef(k.table.schema, name))
+            if oid is not None and catalog.read_index_invalid(conn, oid):
                 problems.append(f"index {name} is INVALID (an interrupted build); cutover rebuilds it")
-    lag = conn.execute(
-        "SELECT application_name, extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication "
-        "WHERE replay_lag > make_interval(secs => 5)"
-    ).fetchall()
+    lag = catalog.read_lagging_standbys(conn, STANDBY_LAG_S)
     problems += [f"standby {name} lags {secs:.1f} s" for name, secs in lag]
-    oids = [o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None]
-    old = conn.execute(
-        "SELECT DISTINCT a.pid, a.application_name, "
-        "extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = ANY(%s::oid[]) "
-        "AND l.granted AND a.pid <> pg_backend_pid() "
-        "AND a.xact_start < clock_timestamp() - make_interval(secs => %s)",
-        (oids, settings.max_transaction_age_s),
-    ).fetchall()
+    oids = [o for t in plan.tables() if (o := catalog.read_table_ref(conn, t)) is not None]
     problems += [
-        f"pid {pid} ({app or '-'}) holds a lock on the tables in a transaction {age:.0f} s old"
-        for pid, app, age in old
+        f"pid {h.pid} ({h.application_name or '-'}) holds a lock on the tables in a transaction "
+        f"{h.age_s:.0f} s old"
+        for h in catalog.read_old_lock_holders(conn, oids, settings.max_transaction_age_s)
     ]
     return problems
