@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import psycopg
 import structlog
 from psycopg import errors as pgerrors
 from psycopg import sql
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from . import catalog, state
 from .errors import LockTimeoutError
@@ -27,6 +21,8 @@ from .settings import LockSettings
 from .statements import Query
 
 log = structlog.get_logger("online_uuid")
+
+T = TypeVar("T")
 
 StepKind = Literal["ddl", "online"]
 DDL: StepKind = "ddl"  # one transaction, short lock_timeout, retried on lock timeouts
@@ -119,55 +115,80 @@ class Executor:
             )
 
 
+LOCK_ERRORS = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
+MAX_TERMINATED = 20  # backends one retry loop may end: new blockers forever can't keep it looping
+
+
+def lock_backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt `attempt`: doubling from 0.2 up to 5, jittered down to half."""
+    return min(5.0, 0.1 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
+
+
 def with_lock_retries(
     conn: psycopg.Connection,
     lock: LockSettings,
     tables: Iterable[TableRef],
-    attempt: object,
+    attempt: Callable[[], T],
     *,
     what: str,
+    gave_up: str = "",
+    hint: str = "",
     terminate: bool = False,
     terminated: list[int] | None = None,
-) -> None:
-    """Call `attempt()` until it gets its locks; give up with LockTimeoutError naming the blockers.
+    on_busy: Callable[[Exception], None] | None = None,
+) -> tuple[T, int]:
+    """Call `attempt()` until it gets its locks; returns its result and the attempts it took.
 
-    With `terminate`, backends whose transaction outlived a whole lock timeout on these tables are
-    cancelled, then terminated, before the next attempt; short application transactions never are.
+    The one lock-retry loop, for DDL steps and for the cutover swap alike: `attempt` sets its own
+    short lock_timeout; on a lock timeout or deadlock it is retried after `lock_backoff`, until
+    `lock.max_attempts` or `lock.retry_for_s`, then LockTimeoutError names the blockers.
+    With `terminate`, backends whose transaction began before the failed attempt did (the ones it
+    waited for) are cancelled, then terminated, and the next attempt follows at once; short
+    application transactions that queued behind ours never are.
     """
-    assert callable(attempt)
     tables = list(tables)
+    ended: list[int] = []  # by the last failed attempt
+    all_ended = terminated if terminated is not None else []
 
-    def before_sleep(rs: object) -> None:
-        log.info(
-            "lock busy, retrying",
-            what=what,
-            attempt=getattr(rs, "attempt_number", 0),
-            lock_timeout_ms=lock.lock_timeout_ms,
-        )
-        if terminate:
-            ended = terminate_long_blockers(conn, tables, lock.lock_timeout_ms / 1000)
-            if terminated is not None:
-                terminated.extend(ended)
+    def once() -> T:
+        ended.clear()
+        started = time.monotonic()
+        try:
+            return attempt()
+        except LOCK_ERRORS as exc:
+            if on_busy is not None:
+                on_busy(exc)
+            log.info(
+                "lock busy",
+                what=what,
+                lock_timeout_ms=lock.lock_timeout_ms,
+                blockers=describe_blockers(blockers_of(conn, tables)),
+            )
+            if terminate and len(all_ended) < MAX_TERMINATED:
+                ended.extend(terminate_long_blockers(conn, tables, time.monotonic() - started))
+                all_ended.extend(ended)
+            raise
 
+    give_up = stop_after_attempt(lock.max_attempts) | stop_after_delay(lock.retry_for_s)
     retrying = Retrying(
-        retry=retry_if_exception_type((pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)),
-        stop=stop_after_attempt(lock.max_attempts) | stop_after_delay(lock.retry_for_s),
-        wait=wait_random_exponential(multiplier=0.05, max=5),
-        before_sleep=before_sleep,
+        retry=retry_if_exception_type(LOCK_ERRORS),
+        stop=lambda rs: not ended and give_up(rs),  # blockers just ended: take the lock now
+        wait=lambda rs: 0.0 if ended else lock_backoff(rs.attempt_number),
         reraise=False,
     )
     try:
-        for try_ in retrying:
-            with try_:
-                attempt()
-    except RetryError:
+        result = retrying(once)
+    except RetryError as exc:
+        attempts = exc.last_attempt.attempt_number
         blockers = blockers_of(conn, tables)
+        where = ", ".join(str(t) for t in tables) or "the tables"
         raise LockTimeoutError(
-            f"gave up waiting for locks on {', '.join(str(t) for t in tables) or 'the tables'} for {what} "
-            f"after {lock.max_attempts} attempts of {lock.lock_timeout_ms} ms; "
-            f"blocked by {describe_blockers(blockers)}; nothing was changed, retry when they finish",
+            f"{gave_up or f'gave up waiting for locks on {where} for {what}'} after {attempts} attempts "
+            f"of {lock.lock_timeout_ms} ms; blocked by {describe_blockers(blockers)}; nothing was "
+            f"changed: retry when they finish{hint}",
             blockers,
         ) from None
+    return result, int(retrying.statistics.get("attempt_number", 1))
 
 
 def blockers_of(conn: psycopg.Connection, tables: Iterable[TableRef]) -> list[catalog.Blocker]:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import psycopg
 import structlog
 
 from .. import db, state
-from ..errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
+from ..errors import BackfillError, OnlineUuidError, StateError
 from ..metrics import Metrics, table_label
 from ..model import BackfillJob, Phase, TableRef, backfill_jobs
 from ..naming import application_name
@@ -55,22 +54,6 @@ def _init_metrics(metrics: Metrics) -> None:
     for kind in ERROR_KINDS:
         metrics.errors.labels(kind=kind)
     metrics.paused.set(0)
-
-
-@contextmanager
-def _locked(conn: psycopg.Connection, mid: str) -> Iterator[None]:
-    """The migration's advisory lock, waiting briefly for the session of a killed run to go."""
-    deadline = time.monotonic() + LOCK_WAIT_S
-    with ExitStack() as stack:
-        while True:
-            try:
-                stack.enter_context(state.migration_lock(conn, mid))
-                break
-            except ConcurrentRunError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.5)
-        yield
 
 
 def _enter(conn: psycopg.Connection, mid: str) -> Phase:
@@ -197,7 +180,7 @@ def run_backfill(
         if state.load(conn, migration_id).phase is Phase.BACKFILLED:
             metrics.set_phase(Phase.BACKFILLED.value)
             return BackfillResult(migration_id, Phase.BACKFILLED.value)
-        with _locked(conn, migration_id) if take_lock else nullcontext():
+        with state.migration_lock(conn, migration_id, wait_s=LOCK_WAIT_S) if take_lock else nullcontext():
             phase = _enter(conn, migration_id)
             metrics.set_phase(phase.value)
             if phase is Phase.BACKFILLED:

@@ -6,7 +6,6 @@ The same code swaps back (rollback after cutover): `side` names the columns comi
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 from .. import catalog, naming, state
 from .. import statements as s
 from ..errors import LockTimeoutError, StateError
-from ..executor import DDL, ONLINE, Executor, Step, blockers_of, describe_blockers, terminate_long_blockers
+from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
@@ -273,41 +272,29 @@ def run_swap(
     metrics: Metrics | None = None,
 ) -> SwapResult:
     """One transaction: lock all tables in a fixed order, swap, move the phase; retried on lock timeout."""
-    lock = settings.lock
-    tables = plan.tables()
-    deadline = time.monotonic() + lock.retry_for_s
-    terminated: list[int] = []
-    attempt = 0
-    while True:
-        attempt += 1
-        started = time.monotonic()
-        try:
-            held = _swap_once(conn, mid, plan, side, lock, src, dst)
-        except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
-            outcome = "deadlock" if isinstance(exc, pgerrors.DeadlockDetected) else "lock_timeout"
-            if metrics:
-                metrics.cutover_attempts.labels(outcome=outcome).inc()
-            blockers = blockers_of(conn, tables)
-            log.info("cutover lock busy", attempt=attempt, blockers=describe_blockers(blockers))
-            if settings.terminate_blockers and len(terminated) < 20:
-                ended = terminate_long_blockers(conn, tables, time.monotonic() - started)
-                terminated += ended
-                if ended:
-                    continue  # take the lock at once
-            if attempt >= lock.max_attempts or time.monotonic() > deadline:
-                raise LockTimeoutError(
-                    f"cutover gave up after {attempt} attempts of {lock.lock_timeout_ms} ms; blocked by "
-                    f"{describe_blockers(blockers)}; nothing was changed: retry when they finish, or use "
-                    "--terminate-blockers",
-                    blockers,
-                ) from None
-            time.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))
-            continue
+
+    def busy(exc: Exception) -> None:
         if metrics:
-            metrics.cutover_attempts.labels(outcome="success").inc()
-            metrics.lock_held.set(held)
-        return SwapResult(lock_held_s=held, attempts=attempt, blockers_terminated=terminated)
-    raise AssertionError("unreachable")
+            outcome = "deadlock" if isinstance(exc, pgerrors.DeadlockDetected) else "lock_timeout"
+            metrics.cutover_attempts.labels(outcome=outcome).inc()
+
+    terminated: list[int] = []
+    held, attempts = with_lock_retries(
+        conn,
+        settings.lock,
+        plan.tables(),
+        lambda: _swap_once(conn, mid, plan, side, settings.lock, src, dst),
+        what="cutover swap",
+        gave_up="cutover gave up",
+        hint=", or use --terminate-blockers",
+        terminate=settings.terminate_blockers,
+        terminated=terminated,
+        on_busy=busy,
+    )
+    if metrics:
+        metrics.cutover_attempts.labels(outcome="success").inc()
+        metrics.lock_held.set(held)
+    return SwapResult(lock_held_s=held, attempts=attempts, blockers_terminated=terminated)
 
 
 class _ReleaseProbe:
