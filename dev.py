@@ -33,6 +33,9 @@ USAGE = """usage: python3 dev.py COMMAND [args]
   matrix [MAJOR...] [-- pytest args]
                        integration tests against PostgreSQL 14..18 binaries from npm
   lint                 ruff check, ruff format --check, mypy
+  minimums [pytest args]
+                       a migration end to end (CLI and API) with every runtime dependency at the
+                       minimum pyproject.toml declares, in .venv-min
 """
 
 
@@ -217,7 +220,67 @@ def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> Non
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-COMMANDS = {"demo": cmd_demo, "test": cmd_test, "matrix": cmd_matrix, "lint": cmd_lint}
+VENV_MIN = ROOT / ".venv-min"
+# The CLI (unit), a whole lifecycle under load through the API, plan/cutover/finalize through the CLI.
+MINIMUM_TESTS = (
+    "tests/unit",
+    "tests/e2e/test_lifecycle.py",
+    "tests/integration/test_plan.py",
+    "tests/integration/test_cutover.py",
+    "tests/integration/test_finalize.py",
+)
+
+
+def minimum_pins() -> list[str]:
+    """pyproject.toml's runtime dependencies, each pinned to the minimum it declares (`>=X` -> `==X`)."""
+    import tomllib
+
+    pins = []
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, sep, version = dep.partition(">=")
+        if not sep:
+            sys.exit(f"dev.py minimums: dependency {dep!r} declares no minimum; write it as NAME>=X")
+        pins.append(f"{name.strip()}=={version.split(',')[0].strip()}")
+    return pins
+
+
+def cmd_minimums(args: list[str]) -> int:
+    """Install the declared minimums into .venv-min (kept apart from .venv) and run MINIMUM_TESTS."""
+    python = VENV_MIN / "bin" / "python"
+    stamp = VENV_MIN / ".online-uuid-installed"
+    if not python.exists():
+        say(f"creating {VENV_MIN}")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV_MIN)], check=True)
+    pins = minimum_pins()
+    if not stamp.exists() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        say(f"installing the project with {' '.join(pins)} into {VENV_MIN.name}")
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        done = subprocess.run([*pip, "-e", ".[test]", *pins], cwd=ROOT, check=False)
+        if done.returncode != 0:
+            sys.exit(f"dev.py: pip install of the minimums failed (exit {done.returncode})")
+        stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    names = [p.split("==")[0].split("[")[0].lower().replace("-", "_") for p in pins]
+    show = subprocess.run(
+        [str(python), "-m", "pip", "list", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    installed = [
+        line for line in show.stdout.splitlines() if line.split(" ")[0].lower().replace("-", "_") in names
+    ]
+    say("minimums in use: " + ", ".join(" ".join(line.split()) for line in installed))
+    exec_in_venv([str(python), "-m", "pytest", "-p", "no:cacheprovider", *(args or MINIMUM_TESTS)])
+    return 0  # not reached
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "test": cmd_test,
+    "matrix": cmd_matrix,
+    "lint": cmd_lint,
+    "minimums": cmd_minimums,
+}
 
 
 def main(argv: list[str]) -> int:
