@@ -387,8 +387,8 @@ def test_dashboard_query_returns_data(prometheus: Prometheus, title: str, ref: s
 
 @pytest.mark.parametrize("var", VARIABLES, ids=[v["name"] for v in VARIABLES])
 def test_dashboard_variable_has_values(prometheus: Prometheus, var: dict[str, Any]) -> None:
-    m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["definition"])
-    assert m, var["definition"]
+    m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"])
+    assert m, var["query"]
     values = prometheus.get(f"/api/v1/label/{m[2]}/values", **{"match[]": substitute(m[1])})
     assert values, f"variable {var['name']} has no values"
 

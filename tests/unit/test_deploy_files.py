@@ -49,7 +49,7 @@ def load_yaml(path: Path) -> Any:
 def dashboard_exprs() -> list[str]:
     doc = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
-    return exprs + [v["definition"] for v in doc["templating"]["list"] if v["type"] == "query"]
+    return exprs + [v["query"] for v in doc["templating"]["list"] if v["type"] == "query"]
 
 
 def alert_rules() -> list[dict[str, Any]]:
