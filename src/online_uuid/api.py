@@ -66,6 +66,14 @@ def _session(
         conn.close()
 
 
+def _check_throttle_query(conn: psycopg.Connection, query: str | None) -> None:
+    """--throttle-query must be exactly one statement returning a value (exit 2 otherwise)."""
+    if query:
+        from .backfill.signals import check_throttle_query
+
+        check_throttle_query(conn, query)
+
+
 def plan(dsn: str, tables: Sequence[str], *, uuid_version: str = "v4", cascade_deletes: bool = False) -> Plan:
     """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
     with connect(dsn, "online-uuid/plan") as conn:
@@ -121,6 +129,8 @@ def start(
     lock = lock or LockSettings()
     conn = connect(dsn, application_name(migration or "-", "start"))
     try:
+        if settings.backfill and backfill_settings is not None:
+            _check_throttle_query(conn, backfill_settings.throttle_query)
         mid, p, _resumed = start_phase.prepare_migration(conn, tables, migration, settings)
         with state.migration_lock(conn, mid):
             if metrics:
@@ -152,8 +162,10 @@ def backfill(
     progress: Any = None,
 ) -> BackfillResult:
     """Run or resume the backfill until every shadow column is filled (or paused, or stopped)."""
-    with _session(dsn, migration, "control") as (_conn, mid):
-        return _run_backfill(dsn, mid, settings or BackfillSettings(), metrics, progress)
+    settings = settings or BackfillSettings()
+    with _session(dsn, migration, "control") as (conn, mid):
+        _check_throttle_query(conn, settings.throttle_query)
+        return _run_backfill(dsn, mid, settings, metrics, progress)
 
 
 def verify(dsn: str, migration: str | None = None) -> VerifyReport:
@@ -243,4 +255,5 @@ def throttle(dsn: str, migration: str | None = None, **limits: Any) -> None:
     with _session(dsn, migration, "control", lock=False) as (conn, mid):
         from .backfill import control
 
+        _check_throttle_query(conn, limits.get("throttle_query"))
         control.set_throttle(conn, mid, **limits)

@@ -297,3 +297,41 @@ def test_bad_throttle_query_stops_with_a_clear_error(dsn: str, conn: psycopg.Con
     with pytest.raises(BackfillError, match="throttle-query failed"):
         run_backfill(dsn, MID, BackfillSettings(throttle_query="SELECT nope FROM nowhere"))
     assert "throttle-query" in (state.load(conn, MID).last_error or "")
+
+
+# -- --throttle-query runs exactly one read-only statement -------------------------------------
+
+SMUGGLED = "SELECT 0; COMMIT; CREATE TABLE public.smuggled (x int)"
+
+
+def _smuggled(conn: psycopg.Connection) -> bool:
+    return bool(scalar(conn, "SELECT to_regclass('public.smuggled') IS NOT NULL"))
+
+
+def test_throttle_query_with_several_statements_is_refused_and_never_run(
+    dsn: str, conn: psycopg.Connection
+) -> None:
+    from helpers import invoke_cli
+
+    from online_uuid import api
+    from online_uuid.backfill import signals
+    from online_uuid.errors import BackfillError, RefusedError
+
+    create_schema(conn, parents=100, children=10, leaves=10)
+    create_migration(conn)
+    before = state.load(conn, MID)
+    with pytest.raises(RefusedError, match="--throttle-query .* is refused"):
+        api.backfill(dsn, MID, settings=BackfillSettings(throttle_query=SMUGGLED))
+    for bad in (SMUGGLED, "COMMIT", "CREATE TABLE public.smuggled (x int)"):
+        res = invoke_cli("throttle", "--dsn", dsn, "--throttle-query", bad)
+        assert res.returncode == 2, res.stderr
+        assert "throttle-query" in res.stderr
+    after = state.load(conn, MID)
+    assert (after.phase, after.throttle) == (before.phase, before.throttle)
+    assert rows_done(conn) == 0
+    # Even if one reached a running backfill (an old override), it never runs a second statement.
+    with pytest.raises(BackfillError, match="throttle-query failed"):
+        signals.read_throttle_query(conn, SMUGGLED)
+    assert not _smuggled(conn)
+    # One read-only SELECT is accepted.
+    assert invoke_cli("throttle", "--dsn", dsn, "--throttle-query", "SELECT 0").returncode == 0

@@ -14,7 +14,7 @@ import structlog
 from psycopg import sql
 
 from ..db import is_transient
-from ..errors import BackfillError
+from ..errors import BackfillError, RefusedError
 from ..settings import BackfillSettings, redact
 from .throttle import Clock, Signals
 
@@ -65,7 +65,8 @@ def read_throttle_query(conn: psycopg.Connection, query: str) -> float:
         with conn.transaction():
             conn.execute("SELECT set_config('transaction_read_only', 'on', true)")
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (THROTTLE_QUERY_TIMEOUT,))
-            row = conn.execute(sql.SQL(query)).fetchone()
+            # binary=True forces the extended protocol: one statement, never `SELECT 0; COMMIT; ...`.
+            row = conn.cursor().execute(sql.SQL(query), binary=True).fetchone()
     except psycopg.Error as exc:
         if is_transient(exc):
             raise
@@ -82,6 +83,31 @@ def read_throttle_query(conn: psycopg.Connection, query: str) -> float:
             f"--throttle-query must return a number, got {row[0]!r}; fix it with "
             "`online-uuid throttle --throttle-query ...` and rerun `online-uuid backfill`"
         ) from None
+
+
+def check_throttle_query(conn: psycopg.Connection, query: str) -> None:
+    """Refuse (exit 2) anything but exactly one statement returning a value; executes nothing.
+
+    The server parses and analyses it as an unnamed prepared statement, which cannot hold more than
+    one command; at run time it runs read-only (see read_throttle_query).
+    """
+    from psycopg import pq
+
+    pg = conn.pgconn
+    res = pg.prepare(b"", query.encode(conn.info.encoding))
+    problem = ""
+    if res.status != pq.ExecStatus.COMMAND_OK:
+        said = (res.error_message or b"").decode(errors="replace").strip().splitlines()
+        problem = said[0] if said else "the server refused it"
+    else:
+        desc = pg.describe_prepared(b"")
+        if desc.status != pq.ExecStatus.COMMAND_OK or desc.nfields < 1:
+            problem = "it returns no value"
+    if problem:
+        raise RefusedError(
+            f"--throttle-query {query!r} is refused: {problem}; give exactly one read-only SELECT whose "
+            "first value is > 0 while the backfill should wait"
+        )
 
 
 def read_autovacuum(conn: psycopg.Connection, table_oid: int) -> str | None:
