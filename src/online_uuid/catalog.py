@@ -457,6 +457,17 @@ def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oi
     return None if name is None else str(name)
 
 
+def read_function_in_use(conn: psycopg.Connection, signature: str) -> bool:
+    """Whether anything (a column default of another migration) depends on the function."""
+    r = _one(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM pg_depend WHERE refclassid = 'pg_proc'::regclass "
+        "AND refobjid = to_regprocedure(%s) AND deptype = 'n') AS used",
+        (signature,),
+    )
+    return bool(r and r["used"])
+
+
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
     return bool(
         _scalar(

@@ -29,3 +29,28 @@ def test_v7_keys_are_version_7_and_time_ordered(dsn: str, conn: psycopg.Connecti
         "ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE a.attrelid = 't'::regclass AND a.attname = 'id_uuid'"
     ).fetchone()
     assert default is not None and default[0].replace('"', "") == expected.replace('"', "")
+
+
+def test_rollback_keeps_the_v7_function_while_another_migration_uses_it(
+    dsn: str, conn: psycopg.Connection
+) -> None:
+    import pytest
+
+    if conn.info.server_version >= 180000:
+        pytest.skip("PostgreSQL 18 has uuidv7(): no function of ours")
+    from online_uuid.model import Phase
+
+    conn.execute(
+        "CREATE TABLE a (id serial PRIMARY KEY, n int); CREATE TABLE b (id serial PRIMARY KEY, n int)"
+    )
+    conn.execute("INSERT INTO a (n) VALUES (1); INSERT INTO b (n) VALUES (1)")
+    v7 = StartSettings(uuid_version="v7")
+    api.start(dsn, ["a"], migration="ma", settings=v7)
+    api.start(dsn, ["b"], migration="mb", settings=v7)
+    assert api.rollback(dsn, "ma") == Phase.ROLLED_BACK
+    fn = "SELECT to_regprocedure('online_uuid.uuid_v7()') IS NOT NULL"
+    assert conn.execute(fn).fetchone() == (True,)
+    row = conn.execute("INSERT INTO b (n) VALUES (2) RETURNING id_uuid").fetchone()
+    assert row is not None and row[0].version == 7
+    assert api.rollback(dsn, "mb") == Phase.ROLLED_BACK
+    assert conn.execute(fn).fetchone() == (False,)

@@ -6,6 +6,7 @@ import psycopg
 import structlog
 
 from .. import naming, state
+from ..catalog import read_function_in_use
 from .. import statements as s
 from ..errors import StateError
 from ..executor import Executor, Step
@@ -54,8 +55,10 @@ def run_rollback(conn: psycopg.Connection, mid: str, lock: LockSettings, cut: Cu
     elif m.phase != Phase.ROLLING_BACK:
         raise StateError(f"migration {mid} is {m.phase}; there is nothing to roll back")
     Executor(conn, mid, lock).run_all(teardown_steps(m.plan))
-    if m.plan.generator.startswith('"online_uuid"'):
-        conn.execute("DROP FUNCTION IF EXISTS online_uuid.uuid_v7()")
+    if m.plan.generator.startswith('"online_uuid"') and not read_function_in_use(
+        conn, "online_uuid.uuid_v7()"
+    ):
+        conn.execute("DROP FUNCTION IF EXISTS online_uuid.uuid_v7()")  # else another migration's default
     state.move(conn, mid, Phase.ROLLING_BACK, Phase.ROLLED_BACK)
     state.delete(conn, mid)
     log.info("rolled back", migration=mid)
