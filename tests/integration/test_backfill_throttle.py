@@ -312,7 +312,6 @@ def test_throttle_query_with_several_statements_is_refused_and_never_run(
     dsn: str, conn: psycopg.Connection
 ) -> None:
     from helpers import invoke_cli
-
     from online_uuid import api
     from online_uuid.backfill import signals
     from online_uuid.errors import BackfillError, RefusedError
@@ -320,7 +319,7 @@ def test_throttle_query_with_several_statements_is_refused_and_never_run(
     create_schema(conn, parents=100, children=10, leaves=10)
     create_migration(conn)
     before = state.load(conn, MID)
-    with pytest.raises(RefusedError, match="--throttle-query .* is refused"):
+    with pytest.raises(RefusedError, match=r"--throttle-query .* is refused"):
         api.backfill(dsn, MID, settings=BackfillSettings(throttle_query=SMUGGLED))
     for bad in (SMUGGLED, "COMMIT", "CREATE TABLE public.smuggled (x int)"):
         res = invoke_cli("throttle", "--dsn", dsn, "--throttle-query", bad)

@@ -6,8 +6,8 @@ import psycopg
 import structlog
 
 from .. import naming, state
-from ..catalog import read_function_in_use
 from .. import statements as s
+from ..catalog import read_function_in_use
 from ..errors import StateError
 from ..executor import Executor, Step
 from ..model import Phase, Plan
