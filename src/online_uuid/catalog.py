@@ -468,6 +468,43 @@ def read_function_in_use(conn: psycopg.Connection, signature: str) -> bool:
     return bool(r and r["used"])
 
 
+def read_can_set_replica_role(conn: psycopg.Connection) -> bool:
+    """May this session SET session_replication_role (superuser, or GRANT SET ON PARAMETER on 15+)?"""
+    if conn.info.server_version >= 150000:
+        q = "SELECT has_parameter_privilege('session_replication_role', 'SET') AS ok"
+    else:
+        q = "SELECT rolsuper AS ok FROM pg_roles WHERE rolname = current_user"
+    r = _one(conn, q)
+    return bool(r and r["ok"])
+
+
+def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[dict[str, Any]]:
+    """User triggers and rules an UPDATE of a new column fires on these tables (the backfill's UPDATE).
+
+    `UPDATE OF` triggers are left out (they name older columns), and so are the tool's own triggers.
+    `enabled` is pg_trigger.tgenabled / pg_rewrite.ev_enabled: O origin, A always, R replica.
+    """
+    return _rows(
+        conn,
+        """
+        SELECT n.nspname, c.relname, t.tgname AS name, 'trigger' AS kind, t.tgenabled::text AS enabled
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace
+         WHERE t.tgrelid = ANY (%s::oid[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+           AND (t.tgtype & 16) <> 0 AND coalesce(array_length(t.tgattr::int2[], 1), 0) = 0
+           AND fn.nspname <> 'online_uuid'
+        UNION ALL
+        SELECT n.nspname, c.relname, r.rulename, 'rule', r.ev_enabled::text
+          FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE r.ev_class = ANY (%s::oid[]) AND r.ev_type = '2' AND r.ev_enabled <> 'D'
+         ORDER BY 1, 2, 4, 3
+        """,
+        (table_oids, table_oids),
+    )
+
+
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
     return bool(
         _scalar(

@@ -246,6 +246,13 @@ def start(
     no_backfill: Annotated[
         bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")
     ] = False,
+    allow_trigger_side_effects: Annotated[
+        bool,
+        typer.Option(
+            "--allow-trigger-side-effects",
+            help="Backfill although it fires user triggers (no session_replication_role privilege).",
+        ),
+    ] = False,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -270,7 +277,12 @@ def start(
     """Add shadow UUID columns and dual-write triggers, then backfill (unless --no-backfill)."""
     d = resolve_dsn(dsn)
     settings = _run(
-        lambda: StartSettings(uuid_version=uuid, cascade_deletes=cascade_deletes, backfill=not no_backfill)
+        lambda: StartSettings(
+            uuid_version=uuid,
+            cascade_deletes=cascade_deletes,
+            backfill=not no_backfill,
+            allow_trigger_side_effects=allow_trigger_side_effects,
+        )
     )
     lock = _run(
         lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)

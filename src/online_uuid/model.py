@@ -146,6 +146,23 @@ class Warning_:
     message: str
 
 
+@dataclass(frozen=True)
+class FiringTrigger:
+    """A user trigger or rule that an UPDATE by the backfill fires, unless it runs as replica."""
+
+    table: str
+    name: str
+    kind: str = "trigger"  # or "rule"
+    enabled: str = "O"  # O fires as origin only; A always; R as replica only
+
+    def fires(self, replica: bool) -> bool:
+        return self.enabled in ("A", "R") if replica else self.enabled in ("O", "A")
+
+    def describe(self) -> str:
+        mode = {"A": " (ENABLE ALWAYS)", "R": " (ENABLE REPLICA)"}.get(self.enabled, "")
+        return f"{self.kind} {self.name} on {self.table}{mode}"
+
+
 class Phase(StrEnum):
     """A migration's life; `ALLOWED` lists each transition the state machine accepts."""
 
@@ -200,6 +217,12 @@ class Plan:
     cascade_deletes: bool = False
     server_version: int = 0
     database: str = ""
+    backfill_replica: bool = True  # the backfill's sessions run with session_replication_role = replica
+    update_triggers: tuple[FiringTrigger, ...] = ()  # user triggers/rules on the backfilled tables
+
+    def backfill_side_effects(self) -> list[FiringTrigger]:
+        """User triggers and rules the backfill's UPDATEs fire, with the session role it will use."""
+        return [t for t in self.update_triggers if t.fires(self.backfill_replica)]
 
     def tables(self) -> list[TableRef]:
         """Every table the cutover locks, in one fixed order (sorted) to avoid deadlocks."""
@@ -249,12 +272,28 @@ class Plan:
             for v in doc.get("views", [])
         )
         warns = tuple(Warning_(**w) for w in doc.get("warnings", []))
+        fired = tuple(FiringTrigger(**t) for t in doc.get("update_triggers", []))
         scalars = {
             k: doc[k]
-            for k in ("uuid_version", "generator", "cascade_deletes", "server_version", "database")
+            for k in (
+                "uuid_version",
+                "generator",
+                "cascade_deletes",
+                "server_version",
+                "database",
+                "backfill_replica",
+            )
             if k in doc
         }
-        return cls(keys=keys, foreign_keys=fks, indexes=idx, views=views, warnings=warns, **scalars)
+        return cls(
+            keys=keys,
+            foreign_keys=fks,
+            indexes=idx,
+            views=views,
+            warnings=warns,
+            update_triggers=fired,
+            **scalars,
+        )
 
 
 @dataclass

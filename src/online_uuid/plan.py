@@ -10,6 +10,7 @@ from . import catalog
 from .errors import PlanError
 from .model import (
     DependentView,
+    FiringTrigger,
     ForeignKeyConversion,
     IndexTwin,
     JobKind,
@@ -389,6 +390,10 @@ def build_plan(
         )
     b.function_warnings()
     server = conn.info.server_version
+    fired = [
+        FiringTrigger(str(TableRef(r["nspname"], r["relname"])), r["name"], r["kind"], r["enabled"])
+        for r in catalog.read_update_triggers(conn, sorted(b.converted))
+    ]
     return Plan(
         keys=tuple(b.levels()),
         foreign_keys=tuple(sorted(b.fks, key=lambda f: (f.table, f.column))),
@@ -400,4 +405,6 @@ def build_plan(
         cascade_deletes=cascade_deletes,
         server_version=server,
         database=conn.info.dbname,
+        backfill_replica=catalog.read_can_set_replica_role(conn),
+        update_triggers=tuple(fired),
     )

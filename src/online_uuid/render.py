@@ -45,6 +45,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     doc = plan.to_json()
     doc["order"] = [str(k.table) for k in plan.keys]
     doc["estimated_backfill_seconds"] = round(estimate_backfill_s(plan), 1)
+    doc["backfill_fires"] = [t.describe() for t in plan.backfill_side_effects()]
     return doc
 
 
@@ -92,6 +93,20 @@ def print_plan(plan: Plan, console: Console) -> None:
         console.print(idx)
     for v in plan.views:
         console.print(f"view {v.view} is recreated in the cutover transaction (grants and options kept)")
+    fired = plan.backfill_side_effects()
+    if plan.backfill_replica:
+        console.print(
+            "backfill sessions run as session_replication_role = replica: user triggers and rules "
+            "do not fire on its UPDATEs",
+            markup=False,
+        )
+    else:
+        console.print("backfill sessions run as origin: this user may not SET session_replication_role")
+    for t in fired:
+        console.print(
+            f"warning: the backfill fires {t.describe()}; start refuses without --allow-trigger-side-effects",
+            markup=False,
+        )
     for w in plan.warnings:
         console.print(f"[yellow]warning[/yellow]: {w.object}: {w.message}")
     console.print(

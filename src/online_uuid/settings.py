@@ -50,6 +50,7 @@ class StartSettings:
     uuid_version: str = "v4"
     cascade_deletes: bool = False
     backfill: bool = True
+    allow_trigger_side_effects: bool = False  # let the backfill fire user triggers (no replica role)
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):

@@ -97,6 +97,7 @@ class RunContext:
         self.meter = RateMeter()
         self.totals = Totals()
         self.board = Board(self)
+        self.replica = False  # sessions on the primary SET session_replication_role = replica
         self._remaining: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -110,6 +111,8 @@ class RunContext:
         # One core at most: parallel workers (index vacuum, scans) would take the application's.
         conn.execute("SET max_parallel_workers_per_gather = 0")
         conn.execute("SET max_parallel_maintenance_workers = 0")
+        if self.replica and dsn is None:  # the application's triggers and rules stay quiet (role.py)
+            conn.execute("SET session_replication_role = replica")
         return conn
 
     def halted(self) -> bool:

@@ -17,7 +17,7 @@ from ..metrics import Metrics, table_label
 from ..model import BackfillJob, Phase, TableRef, backfill_jobs
 from ..naming import application_name
 from ..settings import BackfillSettings
-from . import barrier, batch
+from . import barrier, batch, role
 from .context import ERROR_KINDS, RunContext, Session
 from .progress import NullProgress, Progress
 from .throttle import REASONS
@@ -181,6 +181,8 @@ def run_backfill(
             metrics.set_phase(Phase.BACKFILLED.value)
             return BackfillResult(migration_id, Phase.BACKFILLED.value)
         with state.migration_lock(conn, migration_id, wait_s=LOCK_WAIT_S) if take_lock else nullcontext():
+            m = state.load(conn, migration_id)
+            replica = role.check(conn, m.plan, bool(m.options.get("allow_trigger_side_effects")))
             phase = _enter(conn, migration_id)
             metrics.set_phase(phase.value)
             if phase is Phase.BACKFILLED:
@@ -195,6 +197,7 @@ def run_backfill(
                 progress or NullProgress(),
                 stop or threading.Event(),
             )
+            ctx.replica = replica
             done = _guard_errors(ctx)
     t = ctx.totals
     return BackfillResult(

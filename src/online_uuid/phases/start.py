@@ -10,6 +10,7 @@ import structlog
 
 from .. import state
 from .. import statements as s
+from ..backfill import role
 from ..catalog import read_column, read_table_ref
 from ..errors import StateError
 from ..executor import Executor, Step
@@ -122,9 +123,16 @@ def prepare_migration(
     plan = build_plan(
         conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
     )
+    fired = plan.backfill_side_effects()
+    if fired and not settings.allow_trigger_side_effects:
+        raise role.refusal(conn, fired, plan.backfill_replica)
     mid = migration or default_migration_name(plan)
     state.ensure_schema(conn)
-    options: dict[str, Any] = {"uuid": settings.uuid_version, "cascade_deletes": settings.cascade_deletes}
+    options: dict[str, Any] = {
+        "uuid": settings.uuid_version,
+        "cascade_deletes": settings.cascade_deletes,
+        "allow_trigger_side_effects": settings.allow_trigger_side_effects,
+    }
     state.create(conn, mid, plan, options)
     return mid, plan, False
 
