@@ -134,7 +134,7 @@ def test_triggers_enabled_always_are_listed_and_refused_even_as_replica(
     doc = json.loads(invoke_cli("plan", "--dsn", dsn, "-t", "p", "--json").stdout)
     assert doc["backfill_replica"] is True
     assert doc["backfill_fires"] == ["trigger p_audit on public.p (ENABLE ALWAYS)"]
-    with pytest.raises(RefusedError, match="p_audit on public.p .ENABLE ALWAYS.* fire even as"):
+    with pytest.raises(RefusedError, match=r"p_audit on public.p .ENABLE ALWAYS.* fire even as"):
         api.start(dsn, ["p"])
     assert conn.execute("SELECT count(*) FROM audit").fetchone() == (0,)
     assert conn.execute("SELECT to_regnamespace('online_uuid') IS NULL").fetchone() == (True,)

@@ -36,9 +36,9 @@ def refusal(conn: psycopg.Connection, fired: list[FiringTrigger], replica: bool)
     if replica:
         fix = "they fire even as session_replication_role = replica: disable them for the backfill"
     elif conn.info.server_version >= 150000:
-        fix = f"GRANT SET ON PARAMETER session_replication_role TO {user} (as a superuser) so they stay quiet"
+        fix = f"GRANT SET ON PARAMETER session_replication_role TO {user} (as a superuser) to keep them quiet"
     else:
-        fix = "run the backfill as a superuser (PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role)"
+        fix = "run it as a superuser (PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role)"
     return RefusedError(
         f"the backfill's UPDATEs would fire {shown}; {fix}, or pass {ALLOW_FLAG} to accept the side effects"
     )
