@@ -23,7 +23,7 @@ from .phases import cutover as cutover_phase
 from .phases import finalize as finalize_phase
 from .phases import rollback as rollback_phase
 from .phases import start as start_phase
-from .phases.verify import VerifyReport, run_verify
+from .phases.verify import VerifyReport, read_guard, run_verify
 from .plan import build_plan
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
 
@@ -168,11 +168,42 @@ def backfill(
         return _run_backfill(dsn, mid, settings, metrics, progress)
 
 
-def verify(dsn: str, migration: str | None = None) -> VerifyReport:
-    """Check the shadow data online; the report's `ok` is True only when everything holds."""
-    with _session(dsn, migration, "verify", lock=False) as (conn, mid):
+def verify(
+    dsn: str,
+    migration: str | None = None,
+    *,
+    repair: bool = False,
+    settings: BackfillSettings | None = None,
+    metrics: Metrics | None = None,
+    progress: Any = None,
+) -> VerifyReport:
+    """Check the shadow data online; the report's `ok` is True only when everything holds.
+
+    `repair=True` (before cutover) then walks the failing columns again with the backfill's jobs,
+    fixing exactly the rows that disagree, and checks again; `report.repaired` says how many.
+    """
+    if not repair:
+        with _session(dsn, migration, "verify", lock=False) as (conn, mid):
+            m = state.load(conn, mid)
+            return run_verify(conn, m.plan, cut_over=m.phase in (Phase.CUT_OVER, Phase.REVERTING))
+    from .backfill.repair import run_repair
+
+    with _session(dsn, migration, "verify") as (conn, mid):
         m = state.load(conn, mid)
-        return run_verify(conn, m.plan, cut_over=m.phase in (Phase.CUT_OVER, Phase.REVERTING))
+        if m.phase not in (Phase.BACKFILLED, Phase.BACKFILLING):
+            raise StateError(
+                f"migration {mid} is {m.phase}; verify --repair runs after the backfill and before "
+                "cutover (after a cutover: `online-uuid rollback` first)"
+            )
+        report = run_verify(conn, m.plan)
+        fixed = {}
+        if report.failing():
+            fixed = run_repair(
+                dsn, mid, report.failing(), settings or BackfillSettings(), metrics=metrics, progress=progress
+            )
+            report = run_verify(conn, m.plan)
+        report.repaired = fixed
+        return report
 
 
 def cutover_check(
@@ -194,7 +225,9 @@ def cutover(
     settings = settings or CutoverSettings()
     with _session(dsn, migration, "cutover") as (conn, mid):
         m = state.load(conn, mid)
+        guard = None
         if m.phase in (Phase.BACKFILLED, Phase.PREPARING):
+            guard = read_guard(conn, m.plan)  # before the verify: compared again under the swap's lock
             report = run_verify(conn, m.plan)
             if not report.ok:
                 raise VerifyError(
@@ -203,7 +236,7 @@ def cutover(
         if metrics:
             for outcome in CUTOVER_OUTCOMES:
                 metrics.cutover_attempts.labels(outcome=outcome)  # every series exists at 0
-        result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics)
+        result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics, guard=guard)
         if metrics:
             metrics.set_phase(Phase.CUT_OVER)
         cutover_phase.reset_idle_sessions(conn, settings.reset_idle_sessions)

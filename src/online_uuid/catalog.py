@@ -505,6 +505,24 @@ def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> lis
     )
 
 
+def read_tool_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[tuple[Any, ...]]:
+    """The tool's triggers on these tables: (oid, xmin, tgenabled, table, name).
+
+    ENABLE/DISABLE TRIGGER, DROP and re-CREATE all change a row's xmin or oid: comparing two reads
+    tells, from the catalog alone, whether writes may have gone past the triggers in between.
+    """
+    rows = conn.execute(
+        "SELECT t.oid::int8, t.xmin::text, t.tgenabled::text, format('%%I.%%I', cn.nspname, c.relname), "
+        "t.tgname FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
+        "JOIN pg_namespace n ON n.oid = f.pronamespace JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+        "WHERE t.tgrelid = ANY (%s::oid[]) AND n.nspname = 'online_uuid' AND NOT t.tgisinternal "
+        "ORDER BY 1",
+        (table_oids,),
+    ).fetchall()
+    return [tuple(r) for r in rows]
+
+
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
     return bool(
         _scalar(

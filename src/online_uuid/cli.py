@@ -421,10 +421,27 @@ def throttle(
 
 
 @app.command()
-def verify(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) -> None:
+def verify(
+    ctx: typer.Context,
+    dsn: Dsn = None,
+    migration: Migration = None,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Fix the rows that disagree, in throttled batches, then check again."),
+    ] = False,
+    max_rows_per_second: MaxRowsPerSecond = None,
+    target_batch_ms: TargetBatchMs = None,
+    as_json: Json = False,
+    log_format: LogFormat = "console",
+) -> None:
     """Check every shadow key filled and unique and every shadow FK equal to its parent's. Online."""
     d = resolve_dsn(dsn)
-    report = _run(lambda: api.verify(d, migration))
+    bf = _backfill_settings(ctx.params)
+    with _progress(repair and not as_json) as progress:
+        report = _run(
+            lambda: api.verify(d, migration, repair=repair, settings=bf, progress=progress),
+            log_format=log_format,
+        )
     _emit(report.to_json(), as_json, lambda: print_verify(report, out))
     if not report.ok:
         if not as_json:

@@ -57,3 +57,7 @@ class VerifyError(OnlineUuidError):
 
 class BackfillError(OnlineUuidError):
     """The backfill stopped on a non-transient error; state is intact and it can resume."""
+
+
+class TriggersChangedError(OnlineUuidError):
+    """A tool trigger was disabled or altered between verify and the swap: rows may be unchecked."""

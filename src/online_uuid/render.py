@@ -163,7 +163,12 @@ def print_status(doc: dict[str, Any], console: Console) -> None:
 
 
 def print_verify(report: VerifyReport, console: Console) -> None:
-    """One line per checked column."""
+    """One line per checked column (after what a repair fixed)."""
+    if report.repaired is not None:
+        for column, rows in report.repaired.items():
+            console.print(f"repaired {column}: {rows:,} rows", markup=False)
+        if not report.repaired:
+            console.print("nothing to repair", markup=False)
     for c in report.checks:
         mark = "ok" if c.ok else "FAIL"
         console.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)

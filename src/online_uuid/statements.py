@@ -161,6 +161,15 @@ def build_drop_fk_triggers(f: ForeignKeyConversion) -> list[sql.Composed]:
     ]
 
 
+def build_enable_always_triggers(tables: list[TableRef]) -> sql.Composed:
+    """The tool's triggers on these tables fire also for session_replication_role = replica writes.
+
+    Appended after the trigger builders (start's steps, the swap), so it covers whatever they create.
+    """
+    names = [t.ident.as_string(None) for t in tables]
+    return render("enable_always_triggers.sql", tables=sql.Literal(names))
+
+
 def build_drop_column(table: TableRef, column: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(table.ident, sql.Identifier(column))
 

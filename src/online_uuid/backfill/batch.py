@@ -126,6 +126,18 @@ def begin(conn: psycopg.Connection, mid: str, job: BackfillJob, batch_size: int)
     return load(conn, mid, job.job_id)
 
 
+def reset(conn: psycopg.Connection, mid: str, job_id: str) -> None:
+    """Start a finished job over (verify --repair): a new key range, cursor at its start."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET min_key = NULL, max_key = NULL, next_key = NULL, rows_done = 0, batches = 0, "
+            "vacuumed_at_pct = 0, started_at = NULL, finished_at = NULL, updated_at = clock_timestamp() "
+            "WHERE migration_id = %s AND job_id = %s"
+        ).format(_backfill_table()),
+        (mid, job_id),
+    )
+
+
 def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
     """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
     col = sql.Identifier(job.batch_column)

@@ -19,12 +19,13 @@ from psycopg.conninfo import make_conninfo
 
 from .. import catalog, naming, state
 from .. import statements as s
-from ..errors import LockTimeoutError, StateError
+from ..errors import LockTimeoutError, StateError, TriggersChangedError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
+from .verify import TriggerGuard, check_guard
 
 log = structlog.get_logger("online_uuid")
 
@@ -183,6 +184,7 @@ def swap_statements(
     if side == REVERSE:
         for k in plan.keys:
             st += s.build_key_triggers(plan, k)
+    st.append(s.build_enable_always_triggers(plan.tables()))
     return st
 
 
@@ -270,6 +272,8 @@ def run_swap(
     src: Phase,
     dst: Phase,
     metrics: Metrics | None = None,
+    *,
+    guard: TriggerGuard | None = None,
 ) -> SwapResult:
     """One transaction: lock all tables in a fixed order, swap, move the phase; retried on lock timeout."""
 
@@ -283,7 +287,7 @@ def run_swap(
         conn,
         settings.lock,
         plan.tables(),
-        lambda: _swap_once(conn, mid, plan, side, settings.lock, src, dst),
+        lambda: _swap_once(conn, mid, plan, side, settings.lock, src, dst, guard),
         what="cutover swap",
         gave_up="cutover gave up",
         hint=", or use --terminate-blockers",
@@ -360,6 +364,7 @@ def _swap_once(
     lock: LockSettings,
     src: Phase,
     dst: Phase,
+    guard: TriggerGuard | None = None,
 ) -> float:
     """Lock, then send the whole swap in one round trip: the lock is held for catalog work only."""
     probe = _ReleaseProbe(conn, plan.tables()[0], naming.application_name(mid, "lock-probe"))
@@ -367,6 +372,8 @@ def _swap_once(
         with conn.transaction():
             conn.execute(sql.SQL("; ").join(swap_prologue(plan, lock)))
             locked_at = time.monotonic()
+            if guard is not None:  # no write can pass the triggers from here on: check the ones before
+                check_guard(conn, guard)
             probe.arm()
             conn.execute(sql.SQL(";\n").join(swap_body(conn, plan, side)))
             state.move(conn, mid, src, dst)
@@ -394,7 +401,13 @@ def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...])
 
 
 def run_cutover(
-    conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSettings, metrics: Metrics | None = None
+    conn: psycopg.Connection,
+    mid: str,
+    plan: Plan,
+    settings: CutoverSettings,
+    metrics: Metrics | None = None,
+    *,
+    guard: TriggerGuard | None = None,
 ) -> SwapResult:
     """Prepare online, swap under a short lock, then validate what the swap recreated."""
     m = state.load(conn, mid)
@@ -409,9 +422,13 @@ def run_cutover(
     ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
     try:
         ex.run_all(prepare_steps(plan, FORWARD))
-        result = run_swap(conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics)
-    except LockTimeoutError:
+        result = run_swap(
+            conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics, guard=guard
+        )
+    except (LockTimeoutError, TriggersChangedError) as exc:
         state.move(conn, mid, Phase.PREPARING, Phase.BACKFILLED)  # nothing swapped; done steps stay recorded
+        if isinstance(exc, TriggersChangedError):
+            state.event(conn, mid, "cutover_refused", {"reason": str(exc)})
         raise
     result.blockers_terminated = ex.terminated + result.blockers_terminated
     state.update(conn, mid, cutover={"lock_held_s": result.lock_held_s, "attempts": result.attempts})

@@ -38,6 +38,7 @@ def start_steps(plan: Plan) -> list[Step]:
             s.build_set_default(k.table, k.shadow, s.generator(plan)),
             *s.build_drop_key_triggers(k),
             *s.build_key_triggers(plan, k),
+            s.build_enable_always_triggers([k.table]),
         ]
         steps.append(
             Step(f"start:key:{k.key}", tuple(stmts), (k.table,), description=f"shadow key {k.table}")
@@ -47,6 +48,7 @@ def start_steps(plan: Plan) -> list[Step]:
             s.build_add_column(f.table, f.shadow),
             *s.build_drop_fk_triggers(f),
             *s.build_fk_triggers(plan, f, "shadow"),
+            s.build_enable_always_triggers([f.table]),
         ]
         steps.append(Step(f"start:fk:{f.key}", tuple(stmts), (f.table,), description=f"shadow FK {f.name}"))
     return steps

@@ -9,6 +9,8 @@ import psycopg
 from psycopg import sql
 
 from ..backfill.keyset import read_bounds, read_upper_bound
+from ..catalog import read_table_ref, read_tool_triggers
+from ..errors import TriggersChangedError, VerifyError
 from ..model import ForeignKeyConversion, KeyConversion, Plan
 from ..statements import renamed
 
@@ -36,13 +38,21 @@ class Check:
 @dataclass
 class VerifyReport:
     checks: list[Check]
+    repaired: dict[str, int] | None = None  # verify --repair: rows fixed per table.column
+
+    def failing(self) -> set[tuple[str, str]]:
+        """(table, shadow column) of every check a repair can fix (missing or mismatched rows)."""
+        return {(c.table, c.column) for c in self.checks if c.missing or c.mismatched}
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [{**c.__dict__, "ok": c.ok} for c in self.checks]}
+        doc: dict[str, Any] = {"ok": self.ok, "checks": [{**c.__dict__, "ok": c.ok} for c in self.checks]}
+        if self.repaired is not None:
+            doc["repaired"] = self.repaired
+        return doc
 
     def first_problem(self) -> str:
         for c in self.checks:
@@ -170,3 +180,45 @@ def run_verify(conn: psycopg.Connection, plan: Plan, cut_over: bool = False) -> 
                 check_fk(conn, plan, f, f.shadow, parent.shadow, f.column, parent.column, f.batch_column)
             )
     return VerifyReport(checks)
+
+
+@dataclass(frozen=True)
+class TriggerGuard:
+    """The tool's triggers as they were when a verify began: (oid, xmin, tgenabled, table, name).
+
+    Rows written while a trigger is disabled escape it; disabling (or dropping, or re-creating) a
+    trigger changes its pg_trigger row. So a cutover reads this before its verify and compares under
+    the swap's lock: catalog only, nothing that grows with the tables.
+    """
+
+    oids: tuple[int, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+REPAIR_HINT = "run `online-uuid verify --repair`, then `online-uuid cutover` again"
+
+
+def read_guard(conn: psycopg.Connection, plan: Plan) -> TriggerGuard:
+    """Snapshot the tool's triggers; a disabled one is refused at once (writes go past it now)."""
+    oids = tuple(o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None)
+    rows = tuple(read_tool_triggers(conn, list(oids)))
+    for _oid, _xmin, enabled, table, name in rows:
+        if enabled == "D":
+            quoted = sql.Identifier(name).as_string(None)
+            raise VerifyError(
+                f"trigger {name} on {table} is disabled, so writes go past it; ALTER TABLE {table} "
+                f"ENABLE ALWAYS TRIGGER {quoted}, then {REPAIR_HINT}"
+            )
+    return TriggerGuard(oids, rows)
+
+
+def check_guard(conn: psycopg.Connection, guard: TriggerGuard) -> None:
+    """Under the swap's lock: raise TriggersChangedError if any trigger changed since read_guard."""
+    now = {r[0]: r for r in read_tool_triggers(conn, list(guard.oids))}
+    for row in guard.rows:
+        cur = now.get(row[0])
+        if cur is None or cur[1:3] != row[1:3]:
+            raise TriggersChangedError(
+                f"trigger {row[4]} on {row[3]} was disabled, dropped or altered since cutover's verify, "
+                f"so rows written meanwhile were not checked; nothing was swapped: {REPAIR_HINT}"
+            )
