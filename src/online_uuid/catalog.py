@@ -523,6 +523,84 @@ def read_tool_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[
     return [tuple(r) for r in rows]
 
 
+def read_columns_meta(conn: psycopg.Connection, columns: list[tuple[TableRef, str]]) -> list[dict[str, Any]]:
+    """Per (table, column), in order: its privileges [grantee|None, privilege, grantable] and comment."""
+    if not columns:
+        return []
+    rels = [t.ident.as_string(conn) for t, _ in columns]
+    return _rows(
+        conn,
+        """
+        SELECT x.i, col_description(a.attrelid, a.attnum) AS comment,
+               (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)), e.privilege_type,
+                                                 e.is_grantable) ORDER BY e.grantee, e.privilege_type)
+                  FROM aclexplode(a.attacl) e) AS acl
+          FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(rel, col, i)
+          LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(x.rel) AND a.attname = x.col
+         ORDER BY x.i
+        """,
+        (rels, [c for _, c in columns]),
+    )
+
+
+def read_views_meta(conn: psycopg.Connection, views: list[TableRef]) -> dict[str, dict[str, Any]]:
+    """What DROP VIEW takes with it, per view (quoted name): ACL, comments, column ACLs and defaults,
+    triggers (INSTEAD OF...) and rules other than _RETURN."""
+    if not views:
+        return {}
+    rows = _rows(
+        conn,
+        """
+        SELECT x.rel, obj_description(c.oid, 'pg_class') AS comment,
+               (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)), e.privilege_type,
+                                                 e.is_grantable) ORDER BY e.grantee, e.privilege_type)
+                  FROM aclexplode(c.relacl) e) AS acl,
+               (SELECT json_agg(json_build_array(
+                         a.attname, col_description(c.oid, a.attnum),
+                         (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)),
+                                                           e.privilege_type, e.is_grantable)
+                                          ORDER BY e.grantee, e.privilege_type)
+                            FROM aclexplode(a.attacl) e),
+                         pg_get_expr(d.adbin, d.adrelid)) ORDER BY a.attnum)
+                  FROM pg_attribute a
+                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+               (SELECT json_agg(json_build_array(pg_get_triggerdef(t.oid), t.tgname, t.tgenabled)
+                                ORDER BY t.tgname)
+                  FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) AS triggers,
+               (SELECT json_agg(pg_get_ruledef(r.oid) ORDER BY r.rulename) FROM pg_rewrite r
+                 WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS rules
+          FROM unnest(%s::text[]) AS x(rel) JOIN pg_class c ON c.oid = to_regclass(x.rel)
+        """,
+        ([v.ident.as_string(conn) for v in views],),
+    )
+    return {r["rel"]: r for r in rows}
+
+
+def read_constraint_comments(conn: psycopg.Connection, items: list[tuple[TableRef, str]]) -> list[str | None]:
+    """Comments of these constraints (table, name), in order (None where none or no such constraint)."""
+    if not items:
+        return []
+    rels = [t.ident.as_string(conn) for t, _ in items]
+    q = (
+        "SELECT (SELECT obj_description(k.oid, 'pg_constraint') FROM pg_constraint k "
+        "WHERE k.conrelid = to_regclass(x.rel) AND k.conname = x.name) AS comment "
+        "FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(rel, name, i) ORDER BY x.i"
+    )
+    return [r["comment"] for r in _rows(conn, q, (rels, [n for _, n in items]))]
+
+
+def read_relation_comments(conn: psycopg.Connection, rels: list[TableRef]) -> list[str | None]:
+    """Comments of these relations (indexes), in order; None where none or no such relation."""
+    if not rels:
+        return []
+    q = (
+        "SELECT obj_description(to_regclass(x.rel), 'pg_class') AS comment "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS x(rel, i) ORDER BY x.i"
+    )
+    return [r["comment"] for r in _rows(conn, q, ([t.ident.as_string(conn) for t in rels],))]
+
+
 def read_can_create_schema(conn: psycopg.Connection) -> bool:
     return bool(
         _scalar(

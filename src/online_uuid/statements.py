@@ -391,3 +391,55 @@ def build_grant(view: TableRef, aclitem: str) -> sql.Composed:
     return sql.SQL("GRANT {} ON {} TO {}").format(
         sql.SQL(", ").join(sql.SQL(n) for n in names), view.ident, who
     )
+
+
+# --- metadata the swap carries over (privileges, comments, defaults, triggers, rules) ------------
+
+
+def build_privilege(
+    rel: TableRef,
+    privilege: str,
+    grantee: str | None,
+    grantable: bool,
+    column: str | None = None,
+    *,
+    revoke: bool = False,
+) -> sql.Composed:
+    """GRANT (or REVOKE) one privilege, on a relation or one of its columns; grantee None is PUBLIC."""
+    who: sql.Composable = sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)
+    what: sql.Composable = sql.SQL(privilege)  # a keyword from aclexplode, never user text
+    if column is not None:
+        what = sql.SQL("{} ({})").format(what, sql.Identifier(column))
+    if revoke:
+        return sql.SQL("REVOKE {} ON {} FROM {}").format(what, rel.ident, who)
+    option = sql.SQL(" WITH GRANT OPTION" if grantable else "")
+    return sql.SQL("GRANT {} ON {} TO {}{}").format(what, rel.ident, who, option)
+
+
+def build_comment(kind: str, target: sql.Composable, text: str | None) -> sql.Composed:
+    """COMMENT ON <kind> <target> IS '...' (or IS NULL); kind is a fixed keyword such as COLUMN."""
+    return sql.SQL("COMMENT ON {} {} IS {}").format(sql.SQL(kind), target, sql.Literal(text))
+
+
+def build_column_comment(table: TableRef, column: str, text: str | None) -> sql.Composed:
+    return build_comment("COLUMN", sql.Identifier(table.schema, table.name, column), text)
+
+
+def build_constraint_comment(table: TableRef, constraint: str, text: str | None) -> sql.Composed:
+    target = sql.SQL("{} ON {}").format(sql.Identifier(constraint), table.ident)
+    return build_comment("CONSTRAINT", target, text)
+
+
+def build_view_column_default(view: TableRef, column: str, expr: str) -> sql.Composed:
+    """A view column's default (used by inserts through the view), as the server printed it."""
+    return sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+        view.ident, sql.Identifier(column), sql.SQL(expr)
+    )
+
+
+def build_trigger_state(rel: TableRef, trigger: str, enabled: str) -> sql.Composed | None:
+    """ALTER TABLE ... ENABLE REPLICA / ALWAYS / DISABLE TRIGGER for a non-default tgenabled."""
+    mode = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}.get(enabled)
+    if mode is None:
+        return None
+    return sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(rel.ident, sql.SQL(mode), sql.Identifier(trigger))

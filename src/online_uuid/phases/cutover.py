@@ -6,6 +6,7 @@ The same code swaps back (rollback after cutover): `side` names the columns comi
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
+from . import metadata
 from .verify import TriggerGuard, check_guard
 
 log = structlog.get_logger("online_uuid")
@@ -131,8 +133,13 @@ def swap_statements(
     side: Side,
     view_defs: dict[TableRef, str],
     not_null_renames: list[Query] | None = None,
+    carried: list[Query] | None = None,
 ) -> list[Query]:
-    """The body of the swap transaction, after LOCK: catalog changes only, never a table scan."""
+    """The body of the swap transaction, after LOCK: catalog changes only, never a table scan.
+
+    `carried` (phases/metadata.py, read under the lock) carries privileges and comments over; with
+    it, views take their ACL from there rather than from the plan.
+    """
     out = other(side)
     st: list[Query] = []
     for v in sorted(plan.views, key=lambda v: -v.depth):
@@ -178,12 +185,14 @@ def swap_statements(
     for f in plan.foreign_keys:
         st += _final_fk(plan, f, side)
     for v in sorted(plan.views, key=lambda v: v.depth):
-        st += s.build_create_view(v, view_defs.get(v.view, v.definition))
+        made = dataclasses.replace(v, acl=()) if carried is not None else v
+        st += s.build_create_view(made, view_defs.get(v.view, v.definition))
     for f in plan.foreign_keys:
         st += s.build_fk_triggers(plan, f, out)
     if side == REVERSE:
         for k in plan.keys:
             st += s.build_key_triggers(plan, k)
+    st += carried or []
     st.append(s.build_enable_always_triggers(plan.tables()))
     return st
 
@@ -353,7 +362,10 @@ def swap_prologue(plan: Plan, lock: LockSettings) -> list[Query]:
 
 def swap_body(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
     """What the swap sends once its locks are held: views as defined now, PG 18 NOT NULL names kept."""
-    return swap_statements(plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side))
+    carried = metadata.statements(plan, side, metadata.capture(conn, plan, side))
+    return swap_statements(
+        plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side), carried
+    )
 
 
 def _swap_once(
