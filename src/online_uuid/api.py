@@ -14,7 +14,7 @@ import psycopg
 
 from . import state
 from .db import connect
-from .errors import VerifyError
+from .errors import StateError, VerifyError
 from .executor import render_steps
 from .metrics import CUTOVER_OUTCOMES, Metrics
 from .model import Phase, Plan

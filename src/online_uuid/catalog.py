@@ -186,6 +186,51 @@ SELECT c.oid::int8 AS oid, n.nspname AS schema, c.relname AS name, c.relkind::te
 """
 
 
+@dataclass(frozen=True)
+class UpdateTrigger:
+    nspname: str
+    relname: str
+    name: str
+    kind: str  # trigger | rule
+    enabled: str  # O origin, A always, R replica
+
+
+@dataclass(frozen=True)
+class ToolTrigger:
+    oid: int
+    xmin: str
+    enabled: str
+    table: str  # schema-qualified, quoted where needed
+    name: str
+
+
+Acl = list[list[Any]]  # [grantee or None for PUBLIC, privilege, grantable] per aclexplode row
+
+
+@dataclass(frozen=True)
+class ColumnMeta:
+    i: int
+    comment: str | None
+    acl: Acl | None
+
+
+@dataclass(frozen=True)
+class ViewMeta:
+    rel: str
+    comment: str | None
+    acl: Acl | None
+    columns: list[list[Any]] | None  # [name, comment, acl, default]
+    triggers: list[list[Any]] | None  # [definition, name, tgenabled]
+    rules: list[str] | None
+
+
+@dataclass(frozen=True)
+class RowSecurity:
+    enabled: bool
+    forced: bool
+    bypass: bool
+
+
 def read_table_by_oid(conn: psycopg.Connection, oid: int) -> TableInfo:
     r = _one(conn, TableInfo, _TABLE_SQL, (oid,))
     assert r is not None, oid
@@ -459,13 +504,14 @@ def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oi
 
 def read_function_in_use(conn: psycopg.Connection, signature: str) -> bool:
     """Whether anything (a column default of another migration) depends on the function."""
-    r = _one(
-        conn,
-        "SELECT EXISTS (SELECT 1 FROM pg_depend WHERE refclassid = 'pg_proc'::regclass "
-        "AND refobjid = to_regprocedure(%s) AND deptype = 'n') AS used",
-        (signature,),
+    return bool(
+        _scalar(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_depend WHERE refclassid = 'pg_proc'::regclass "
+            "AND refobjid = to_regprocedure(%s) AND deptype = 'n')",
+            (signature,),
+        )
     )
-    return bool(r and r["used"])
 
 
 def read_can_set_replica_role(conn: psycopg.Connection) -> bool:
@@ -474,11 +520,10 @@ def read_can_set_replica_role(conn: psycopg.Connection) -> bool:
         q = "SELECT has_parameter_privilege('session_replication_role', 'SET') AS ok"
     else:
         q = "SELECT rolsuper AS ok FROM pg_roles WHERE rolname = current_user"
-    r = _one(conn, q)
-    return bool(r and r["ok"])
+    return bool(_scalar(conn, q))
 
 
-def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[dict[str, Any]]:
+def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[UpdateTrigger]:
     """User triggers and rules an UPDATE of a new column fires on these tables (the backfill's UPDATE).
 
     `UPDATE OF` triggers are left out (they name older columns), and so are the tool's own triggers.
@@ -486,6 +531,7 @@ def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> lis
     """
     return _rows(
         conn,
+        UpdateTrigger,
         """
         SELECT n.nspname, c.relname, t.tgname AS name, 'trigger' AS kind, t.tgenabled::text AS enabled
           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
@@ -505,33 +551,36 @@ def read_update_triggers(conn: psycopg.Connection, table_oids: list[int]) -> lis
     )
 
 
-def read_tool_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[tuple[Any, ...]]:
-    """The tool's triggers on these tables: (oid, xmin, tgenabled, table, name).
+def read_tool_triggers(conn: psycopg.Connection, table_oids: list[int]) -> list[ToolTrigger]:
+    """The tool's triggers on these tables, with their catalog row's xmin.
 
     ENABLE/DISABLE TRIGGER, DROP and re-CREATE all change a row's xmin or oid: comparing two reads
     tells, from the catalog alone, whether writes may have gone past the triggers in between.
     """
-    rows = conn.execute(
-        "SELECT t.oid::int8, t.xmin::text, t.tgenabled::text, format('%%I.%%I', cn.nspname, c.relname), "
-        "t.tgname FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
+    return _rows(
+        conn,
+        ToolTrigger,
+        "SELECT t.oid::int8 AS oid, t.xmin::text AS xmin, t.tgenabled::text AS enabled, "
+        "format('%%I.%%I', cn.nspname, c.relname) AS table, t.tgname AS name "
+        "FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
         "JOIN pg_namespace n ON n.oid = f.pronamespace JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
         "WHERE t.tgrelid = ANY (%s::oid[]) AND n.nspname = 'online_uuid' AND NOT t.tgisinternal "
         "ORDER BY 1",
         (table_oids,),
-    ).fetchall()
-    return [tuple(r) for r in rows]
+    )
 
 
-def read_columns_meta(conn: psycopg.Connection, columns: list[tuple[TableRef, str]]) -> list[dict[str, Any]]:
+def read_columns_meta(conn: psycopg.Connection, columns: list[tuple[TableRef, str]]) -> list[ColumnMeta]:
     """Per (table, column), in order: its privileges [grantee|None, privilege, grantable] and comment."""
     if not columns:
         return []
     rels = [t.ident.as_string(conn) for t, _ in columns]
     return _rows(
         conn,
+        ColumnMeta,
         """
-        SELECT x.i, col_description(a.attrelid, a.attnum) AS comment,
+        SELECT x.i::int AS i, col_description(a.attrelid, a.attnum) AS comment,
                (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)), e.privilege_type,
                                                  e.is_grantable) ORDER BY e.grantee, e.privilege_type)
                   FROM aclexplode(a.attacl) e) AS acl
@@ -543,13 +592,14 @@ def read_columns_meta(conn: psycopg.Connection, columns: list[tuple[TableRef, st
     )
 
 
-def read_views_meta(conn: psycopg.Connection, views: list[TableRef]) -> dict[str, dict[str, Any]]:
+def read_views_meta(conn: psycopg.Connection, views: list[TableRef]) -> dict[str, ViewMeta]:
     """What DROP VIEW takes with it, per view (quoted name): ACL, comments, column ACLs and defaults,
     triggers (INSTEAD OF...) and rules other than _RETURN."""
     if not views:
         return {}
     rows = _rows(
         conn,
+        ViewMeta,
         """
         SELECT x.rel, obj_description(c.oid, 'pg_class') AS comment,
                (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)), e.privilege_type,
@@ -574,7 +624,7 @@ def read_views_meta(conn: psycopg.Connection, views: list[TableRef]) -> dict[str
         """,
         ([v.ident.as_string(conn) for v in views],),
     )
-    return {r["rel"]: r for r in rows}
+    return {r.rel: r for r in rows}
 
 
 def read_constraint_comments(conn: psycopg.Connection, items: list[tuple[TableRef, str]]) -> list[str | None]:
@@ -587,7 +637,7 @@ def read_constraint_comments(conn: psycopg.Connection, items: list[tuple[TableRe
         "WHERE k.conrelid = to_regclass(x.rel) AND k.conname = x.name) AS comment "
         "FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(rel, name, i) ORDER BY x.i"
     )
-    return [r["comment"] for r in _rows(conn, q, (rels, [n for _, n in items]))]
+    return [r[0] for r in conn.execute(q, (rels, [n for _, n in items])).fetchall()]
 
 
 def read_relation_comments(conn: psycopg.Connection, rels: list[TableRef]) -> list[str | None]:
@@ -598,7 +648,21 @@ def read_relation_comments(conn: psycopg.Connection, rels: list[TableRef]) -> li
         "SELECT obj_description(to_regclass(x.rel), 'pg_class') AS comment "
         "FROM unnest(%s::text[]) WITH ORDINALITY AS x(rel, i) ORDER BY x.i"
     )
-    return [r["comment"] for r in _rows(conn, q, ([t.ident.as_string(conn) for t in rels],))]
+    return [r[0] for r in conn.execute(q, ([t.ident.as_string(conn) for t in rels],)).fetchall()]
+
+
+def read_row_security(conn: psycopg.Connection, oid: int) -> RowSecurity:
+    """RLS of a table (enabled, forced) and whether the current user bypasses it (superuser, BYPASSRLS)."""
+    r = _one(
+        conn,
+        RowSecurity,
+        "SELECT c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced, "
+        "(SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) AS bypass "
+        "FROM pg_class c WHERE c.oid = %s",
+        (oid,),
+    )
+    assert r is not None
+    return r
 
 
 def read_can_create_schema(conn: psycopg.Connection) -> bool:

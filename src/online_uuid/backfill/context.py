@@ -111,6 +111,7 @@ class RunContext:
         # One core at most: parallel workers (index vacuum, scans) would take the application's.
         conn.execute("SET max_parallel_workers_per_gather = 0")
         conn.execute("SET max_parallel_maintenance_workers = 0")
+        conn.execute("SET row_security = off")  # an error, never rows silently hidden by a policy
         if self.replica and dsn is None:  # the application's triggers and rules stay quiet (role.py)
             conn.execute("SET session_replication_role = replica")
         return conn

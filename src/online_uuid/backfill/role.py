@@ -21,7 +21,7 @@ def read_firing(conn: psycopg.Connection, plan: Plan) -> tuple[bool, list[Firing
     """(may run as replica, user triggers/rules on the backfilled tables), from the live catalog."""
     oids = [o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None]
     found = [
-        FiringTrigger(str(TableRef(r["nspname"], r["relname"])), r["name"], r["kind"], r["enabled"])
+        FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)
         for r in read_update_triggers(conn, oids)
     ]
     return read_can_set_replica_role(conn), found

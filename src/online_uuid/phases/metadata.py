@@ -19,7 +19,7 @@ import psycopg
 
 from .. import catalog
 from .. import statements as s
-from ..model import DependentView, ForeignKeyConversion, KeyConversion, Plan, TableRef
+from ..model import DependentView, ForeignKeyConversion, KeyConversion, Plan, Side, TableRef
 from ..statements import Query
 
 Item = KeyConversion | ForeignKeyConversion
@@ -34,13 +34,13 @@ def _acl(raw: Any) -> Acl:
 class Metadata:
     """Captured under the lock; `statements()` puts it back after the renames and re-creations."""
 
-    columns: list[tuple[Item, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
-    views: dict[TableRef, dict[str, Any]] = field(default_factory=dict)
+    columns: list[tuple[Item, catalog.ColumnMeta, catalog.ColumnMeta]] = field(default_factory=list)
+    views: dict[TableRef, catalog.ViewMeta] = field(default_factory=dict)
     constraints: list[tuple[TableRef, str, str | None]] = field(default_factory=list)
     indexes: list[tuple[TableRef, str, str | None]] = field(default_factory=list)
 
 
-def capture(conn: psycopg.Connection, plan: Plan, side: str) -> Metadata:
+def capture(conn: psycopg.Connection, plan: Plan, side: Side) -> Metadata:
     """`side` names the columns coming in (as in cutover.swap_statements)."""
     items: list[Item] = [*plan.keys, *plan.foreign_keys]
     pairs: list[tuple[TableRef, str]] = []
@@ -64,44 +64,46 @@ def capture(conn: psycopg.Connection, plan: Plan, side: str) -> Metadata:
     return meta
 
 
-def _column_statements(item: Item, live: dict[str, Any], incoming: dict[str, Any], side: str) -> list[Query]:
+def _column_statements(
+    item: Item, live: catalog.ColumnMeta, incoming: catalog.ColumnMeta, side: Side
+) -> list[Query]:
     """After the renames `item.column` is the incoming column and `col_on(item, out)` the outgoing one."""
     out_name = s.col_on(item, "retired" if side == "shadow" else "shadow")
     st: list[Query] = []
-    have = set(_acl(incoming["acl"]))
-    for grantee, priv, grantable in _acl(live["acl"]):
+    have = set(_acl(incoming.acl))
+    for grantee, priv, grantable in _acl(live.acl):
         if (grantee, priv, grantable) not in have:
             st.append(s.build_privilege(item.table, priv, grantee, grantable, item.column))
     if side == "retired":  # back to a shadow: as start made it, with no privileges of its own
-        for grantee, priv, _ in _acl(live["acl"]):
+        for grantee, priv, _ in _acl(live.acl):
             st.append(s.build_privilege(item.table, priv, grantee, False, out_name, revoke=True))
-    if live["comment"] != incoming["comment"]:
-        st.append(s.build_column_comment(item.table, item.column, live["comment"]))
-        st.append(s.build_column_comment(item.table, out_name, incoming["comment"]))
+    if live.comment != incoming.comment:
+        st.append(s.build_column_comment(item.table, item.column, live.comment))
+        st.append(s.build_column_comment(item.table, out_name, incoming.comment))
     return st
 
 
-def view_statements(v: DependentView, m: dict[str, Any]) -> list[Query]:
+def view_statements(v: DependentView, m: catalog.ViewMeta) -> list[Query]:
     """Everything DROP VIEW took with it, for the view just recreated (owner and options aside)."""
-    st: list[Query] = [s.build_privilege(v.view, p, g, o) for g, p, o in _acl(m["acl"])]
-    if m["comment"] is not None:
-        st.append(s.build_comment("VIEW", v.view.ident, m["comment"]))
-    for name, comment, acl, default in m["columns"] or []:
+    st: list[Query] = [s.build_privilege(v.view, p, g, o) for g, p, o in _acl(m.acl)]
+    if m.comment is not None:
+        st.append(s.build_comment("VIEW", v.view.ident, m.comment))
+    for name, comment, acl, default in m.columns or []:
         if comment is not None:
             st.append(s.build_column_comment(v.view, name, comment))
         st += [s.build_privilege(v.view, p, g, o, name) for g, p, o in _acl(acl)]
         if default is not None:
             st.append(s.build_view_column_default(v.view, name, default))
-    for definition, name, enabled in m["triggers"] or []:
+    for definition, name, enabled in m.triggers or []:
         st.append(psycopg.sql.SQL(definition))  # pg_get_triggerdef: the server's own text
         state = s.build_trigger_state(v.view, name, enabled)
         if state is not None:
             st.append(state)
-    st += [psycopg.sql.SQL(rule.rstrip().rstrip(";")) for rule in m["rules"] or []]
+    st += [psycopg.sql.SQL(rule.rstrip().rstrip(";")) for rule in m.rules or []]
     return st
 
 
-def statements(plan: Plan, side: str, meta: Metadata) -> list[Query]:
+def statements(plan: Plan, side: Side, meta: Metadata) -> list[Query]:
     """Run last in the swap: columns renamed, constraints, indexes and views recreated."""
     st: list[Query] = []
     for item, live, incoming in meta.columns:

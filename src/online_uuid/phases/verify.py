@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from ..backfill.keyset import read_bounds, read_upper_bound
-from ..catalog import read_table_ref, read_tool_triggers
+from ..catalog import ToolTrigger, read_table_ref, read_tool_triggers
 from ..errors import TriggersChangedError, VerifyError
 from ..model import ForeignKeyConversion, KeyConversion, Plan
 from ..statements import renamed
@@ -165,6 +165,7 @@ def check_fk(
 
 def run_verify(conn: psycopg.Connection, plan: Plan, cut_over: bool = False) -> VerifyReport:
     """Before cutover the shadows are the uuid side; after it, the retired integer side is checked."""
+    conn.execute("SET row_security = off")  # an error, never rows silently hidden by a policy
     checks: list[Check] = []
     for k in plan.keys:
         if not cut_over:
@@ -184,7 +185,7 @@ def run_verify(conn: psycopg.Connection, plan: Plan, cut_over: bool = False) -> 
 
 @dataclass(frozen=True)
 class TriggerGuard:
-    """The tool's triggers as they were when a verify began: (oid, xmin, tgenabled, table, name).
+    """The tool's triggers as they were when a verify began (oid, xmin, tgenabled of each).
 
     Rows written while a trigger is disabled escape it; disabling (or dropping, or re-creating) a
     trigger changes its pg_trigger row. So a cutover reads this before its verify and compares under
@@ -192,7 +193,7 @@ class TriggerGuard:
     """
 
     oids: tuple[int, ...]
-    rows: tuple[tuple[Any, ...], ...]
+    rows: tuple[ToolTrigger, ...]
 
 
 REPAIR_HINT = "run `online-uuid verify --repair`, then `online-uuid cutover` again"
@@ -202,11 +203,11 @@ def read_guard(conn: psycopg.Connection, plan: Plan) -> TriggerGuard:
     """Snapshot the tool's triggers; a disabled one is refused at once (writes go past it now)."""
     oids = tuple(o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None)
     rows = tuple(read_tool_triggers(conn, list(oids)))
-    for _oid, _xmin, enabled, table, name in rows:
-        if enabled == "D":
-            quoted = sql.Identifier(name).as_string(None)
+    for t in rows:
+        if t.enabled == "D":
+            quoted = sql.Identifier(t.name).as_string(None)
             raise VerifyError(
-                f"trigger {name} on {table} is disabled, so writes go past it; ALTER TABLE {table} "
+                f"trigger {t.name} on {t.table} is disabled, so writes go past it; ALTER TABLE {t.table} "
                 f"ENABLE ALWAYS TRIGGER {quoted}, then {REPAIR_HINT}"
             )
     return TriggerGuard(oids, rows)
@@ -214,11 +215,11 @@ def read_guard(conn: psycopg.Connection, plan: Plan) -> TriggerGuard:
 
 def check_guard(conn: psycopg.Connection, guard: TriggerGuard) -> None:
     """Under the swap's lock: raise TriggersChangedError if any trigger changed since read_guard."""
-    now = {r[0]: r for r in read_tool_triggers(conn, list(guard.oids))}
-    for row in guard.rows:
-        cur = now.get(row[0])
-        if cur is None or cur[1:3] != row[1:3]:
+    now = {t.oid: t for t in read_tool_triggers(conn, list(guard.oids))}
+    for was in guard.rows:
+        cur = now.get(was.oid)
+        if cur is None or (cur.xmin, cur.enabled) != (was.xmin, was.enabled):
             raise TriggersChangedError(
-                f"trigger {row[4]} on {row[3]} was disabled, dropped or altered since cutover's verify, "
+                f"trigger {was.name} on {was.table} was disabled, dropped or altered since cutover's verify, "
                 f"so rows written meanwhile were not checked; nothing was swapped: {REPAIR_HINT}"
             )
