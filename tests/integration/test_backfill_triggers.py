@@ -115,7 +115,10 @@ def test_without_the_privilege_plan_lists_the_triggers_and_start_refuses(
     res = invoke_cli("start", "--dsn", run_dsn, "-t", "p")
     assert res.returncode == 2
     [line] = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-    assert "GRANT SET ON PARAMETER session_replication_role TO bf_plain" in line
+    if conn.info.server_version >= 150000:
+        assert "GRANT SET ON PARAMETER session_replication_role TO bf_plain" in line
+    else:  # no parameter privileges before 15
+        assert "run it as a superuser" in line
     assert "--allow-trigger-side-effects" in line
     assert conn.execute("SELECT to_regnamespace('online_uuid') IS NULL").fetchone() == (True,)
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attname LIKE '%_uuid'").fetchone() == (0,)
