@@ -212,6 +212,13 @@ class ColumnMeta:
     i: int
     comment: str | None
     acl: Acl | None
+    stattarget: int | None  # ALTER COLUMN SET STATISTICS; None (or -1 before 17) is the default
+
+
+@dataclass(frozen=True)
+class RelationMeta:
+    comment: str | None
+    options: list[str] | None  # reloptions, e.g. fillfactor=70
 
 
 @dataclass(frozen=True)
@@ -581,6 +588,7 @@ def read_columns_meta(conn: psycopg.Connection, columns: list[tuple[TableRef, st
         ColumnMeta,
         """
         SELECT x.i::int AS i, col_description(a.attrelid, a.attnum) AS comment,
+               nullif(a.attstattarget::int, -1) AS stattarget,
                (SELECT json_agg(json_build_array(pg_get_userbyid(nullif(e.grantee, 0)), e.privilege_type,
                                                  e.is_grantable) ORDER BY e.grantee, e.privilege_type)
                   FROM aclexplode(a.attacl) e) AS acl
@@ -640,15 +648,18 @@ def read_constraint_comments(conn: psycopg.Connection, items: list[tuple[TableRe
     return [r[0] for r in conn.execute(q, (rels, [n for _, n in items])).fetchall()]
 
 
-def read_relation_comments(conn: psycopg.Connection, rels: list[TableRef]) -> list[str | None]:
-    """Comments of these relations (indexes), in order; None where none or no such relation."""
+def read_relations_meta(conn: psycopg.Connection, rels: list[TableRef]) -> list[RelationMeta]:
+    """Comment and reloptions of these relations (indexes), in order; None where none or no such one."""
     if not rels:
         return []
-    q = (
-        "SELECT obj_description(to_regclass(x.rel), 'pg_class') AS comment "
-        "FROM unnest(%s::text[]) WITH ORDINALITY AS x(rel, i) ORDER BY x.i"
+    return _rows(
+        conn,
+        RelationMeta,
+        "SELECT obj_description(c.oid, 'pg_class') AS comment, c.reloptions::text[] AS options "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS x(rel, i) LEFT JOIN pg_class c "
+        "ON c.oid = to_regclass(x.rel) ORDER BY x.i",
+        ([t.ident.as_string(conn) for t in rels],),
     )
-    return [r[0] for r in conn.execute(q, ([t.ident.as_string(conn) for t in rels],)).fetchall()]
 
 
 def read_row_security(conn: psycopg.Connection, oid: int) -> RowSecurity:

@@ -443,3 +443,17 @@ def build_trigger_state(rel: TableRef, trigger: str, enabled: str) -> sql.Compos
     if mode is None:
         return None
     return sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(rel.ident, sql.SQL(mode), sql.Identifier(trigger))
+
+
+def build_statistics_target(table: TableRef, column: str, target: int | None) -> sql.Composed:
+    """ALTER COLUMN SET STATISTICS; None puts back the default (-1)."""
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+        table.ident, sql.Identifier(column), sql.Literal(-1 if target is None else target)
+    )
+
+
+def build_index_options(index: TableRef, options: list[str]) -> sql.Composed:
+    """ALTER INDEX ... SET (reloptions as the server printed them, e.g. fillfactor=70)."""
+    return sql.SQL("ALTER INDEX {} SET ({})").format(
+        index.ident, sql.SQL(", ").join(sql.SQL(o) for o in options)
+    )

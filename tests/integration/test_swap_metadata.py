@@ -18,7 +18,9 @@ ROLES = "DO $$ BEGIN CREATE ROLE {0}; EXCEPTION WHEN duplicate_object THEN NULL;
 DDL = """
 CREATE TABLE p (id serial PRIMARY KEY, v text);
 CREATE TABLE c (id serial PRIMARY KEY, pid int CONSTRAINT c_pid_fk REFERENCES p, v text);
-CREATE INDEX c_pid_idx ON c (pid);
+CREATE INDEX c_pid_idx ON c (pid) WITH (fillfactor = 70);
+ALTER INDEX p_pkey SET (fillfactor = 80);
+ALTER TABLE c ALTER COLUMN pid SET STATISTICS 500;
 INSERT INTO p (v) SELECT 'p' || g FROM generate_series(1, 20) g;
 INSERT INTO c (pid, v) SELECT g % 20 + 1, 'c' || g FROM generate_series(1, 40) g;
 COMMENT ON COLUMN p.id IS 'the key';
@@ -60,6 +62,14 @@ SNAPSHOT = {
         SELECT conname, obj_description(oid, 'pg_constraint') FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND obj_description(oid, 'pg_constraint') IS NOT NULL
          ORDER BY 1""",
+    "index options": """
+        SELECT relname, reloptions::text[] FROM pg_class
+         WHERE relnamespace = 'public'::regnamespace AND relkind = 'i' AND reloptions IS NOT NULL ORDER BY 1""",
+    "statistics targets": """
+        SELECT c.relname, a.attname, nullif(a.attstattarget::int, -1) FROM pg_attribute a
+          JOIN pg_class c ON c.oid = a.attrelid WHERE c.relname IN ('p', 'c') AND a.attnum > 0
+           AND NOT a.attisdropped AND a.attname NOT LIKE '%\\_uuid' AND a.attname NOT LIKE '%\\_int'
+         ORDER BY 1, 2""",
     "view triggers": """
         SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger WHERE tgrelid = 'pv'::regclass
          ORDER BY 1""",

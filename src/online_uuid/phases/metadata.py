@@ -7,7 +7,9 @@ same transaction:
   rolling back takes them off the uuid column again, which start created without any);
 - a recreated view gets back its ACL (WITH GRANT OPTION included), comment, column comments, column
   grants and defaults, its triggers (INSTEAD OF) with their enabled state, and its rules;
-- recreated primary keys, foreign keys, unique constraints and indexes keep their comments.
+- recreated primary keys, foreign keys, unique constraints and indexes keep their comments, and the
+  indexes their storage options (fillfactor...; ALTER INDEX SET changes the catalog only);
+- a converted column's statistics target follows its name like its comment.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Metadata:
     columns: list[tuple[Item, catalog.ColumnMeta, catalog.ColumnMeta]] = field(default_factory=list)
     views: dict[TableRef, catalog.ViewMeta] = field(default_factory=dict)
     constraints: list[tuple[TableRef, str, str | None]] = field(default_factory=list)
-    indexes: list[tuple[TableRef, str, str | None]] = field(default_factory=list)
+    indexes: list[tuple[TableRef, str, catalog.RelationMeta]] = field(default_factory=list)
 
 
 def capture(conn: psycopg.Connection, plan: Plan, side: Side) -> Metadata:
@@ -59,8 +61,8 @@ def capture(conn: psycopg.Connection, plan: Plan, side: Side) -> Metadata:
     comments = catalog.read_constraint_comments(conn, cons)
     meta.constraints = [(t, n, c) for (t, n), c in zip(cons, comments, strict=True) if c is not None]
     idx = [(k.table, k.constraint) for k in plan.keys] + [(ix.table, ix.name) for ix in plan.indexes]
-    icomments = catalog.read_relation_comments(conn, [TableRef(t.schema, n) for t, n in idx])
-    meta.indexes = [(t, n, c) for (t, n), c in zip(idx, icomments, strict=True) if c is not None]
+    found_idx = catalog.read_relations_meta(conn, [TableRef(t.schema, n) for t, n in idx])
+    meta.indexes = [(t, n, m) for (t, n), m in zip(idx, found_idx, strict=True) if m.comment or m.options]
     return meta
 
 
@@ -80,6 +82,9 @@ def _column_statements(
     if live.comment != incoming.comment:
         st.append(s.build_column_comment(item.table, item.column, live.comment))
         st.append(s.build_column_comment(item.table, out_name, incoming.comment))
+    if live.stattarget != incoming.stattarget:
+        st.append(s.build_statistics_target(item.table, item.column, live.stattarget))
+        st.append(s.build_statistics_target(item.table, out_name, incoming.stattarget))
     return st
 
 
@@ -112,5 +117,9 @@ def statements(plan: Plan, side: Side, meta: Metadata) -> list[Query]:
         if v.view in meta.views:
             st += view_statements(v, meta.views[v.view])
     st += [s.build_constraint_comment(t, n, c) for t, n, c in meta.constraints]
-    st += [s.build_comment("INDEX", psycopg.sql.Identifier(t.schema, n), c) for t, n, c in meta.indexes]
+    for t, n, m in meta.indexes:
+        if m.comment is not None:
+            st.append(s.build_comment("INDEX", psycopg.sql.Identifier(t.schema, n), m.comment))
+        if m.options:
+            st.append(s.build_index_options(TableRef(t.schema, n), m.options))
     return st
