@@ -411,7 +411,7 @@ def build_privilege(
     if column is not None:
         what = sql.SQL("{} ({})").format(what, sql.Identifier(column))
     if revoke:
-        return sql.SQL("REVOKE {} ON {} FROM {}").format(what, rel.ident, who)
+        return sql.SQL("REVOKE {} ON {} FROM {} CASCADE").format(what, rel.ident, who)
     option = sql.SQL(" WITH GRANT OPTION" if grantable else "")
     return sql.SQL("GRANT {} ON {} TO {}{}").format(what, rel.ident, who, option)
 
