@@ -448,7 +448,7 @@ def build_trigger_state(rel: TableRef, trigger: str, enabled: str) -> sql.Compos
 def build_statistics_target(table: TableRef, column: str, target: int | None) -> sql.Composed:
     """ALTER COLUMN SET STATISTICS; None puts back the default (-1)."""
     return sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
-        table.ident, sql.Identifier(column), sql.Literal(-1 if target is None else target)
+        table.ident, sql.Identifier(column), sql.SQL(str(-1 if target is None else int(target)))
     )
 
 

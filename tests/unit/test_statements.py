@@ -90,3 +90,36 @@ def test_grant_from_aclitem() -> None:
         == 'GRANT INSERT, SELECT, UPDATE ON "App Data"."Order" TO "app"'
     )
     assert text(s.build_grant(PARENT, "=r/owner")) == 'GRANT SELECT ON "App Data"."Order" TO PUBLIC'
+
+
+def test_privilege_comment_and_option_builders_quote_every_name() -> None:
+    assert text(s.build_privilege(PARENT, "SELECT", "App Reader", True, "ID")) == (
+        'GRANT SELECT ("ID") ON "App Data"."Order" TO "App Reader" WITH GRANT OPTION'
+    )
+    assert (
+        text(s.build_privilege(PARENT, "UPDATE", None, False))
+        == 'GRANT UPDATE ON "App Data"."Order" TO PUBLIC'
+    )
+    assert text(s.build_privilege(CHILD, "INSERT", "w", False, "order_uuid", revoke=True)) == (
+        'REVOKE INSERT ("order_uuid") ON "public"."user" FROM "w" CASCADE'
+    )
+    assert text(s.build_column_comment(PARENT, "ID", "it's the key")) == (
+        'COMMENT ON COLUMN "App Data"."Order"."ID" IS \'it\'\'s the key\''
+    )
+    assert text(s.build_constraint_comment(CHILD, "user_order_fk", None)) == (
+        'COMMENT ON CONSTRAINT "user_order_fk" ON "public"."user" IS NULL'
+    )
+    assert text(s.build_statistics_target(CHILD, "order", None)) == (
+        'ALTER TABLE "public"."user" ALTER COLUMN "order" SET STATISTICS -1'
+    )
+    assert s.build_trigger_state(CHILD, "t", "O") is None
+    state = s.build_trigger_state(CHILD, "t", "R")
+    assert state is not None and text(state) == 'ALTER TABLE "public"."user" ENABLE REPLICA TRIGGER "t"'
+
+
+def test_start_and_the_swap_make_the_tools_triggers_enable_always() -> None:
+    for step in start_steps(PLAN):
+        if step.id.startswith(("start:key", "start:fk")):
+            assert "ENABLE ALWAYS TRIGGER" in text(step.statements[-1])
+    for side in (FORWARD, REVERSE):
+        assert "ENABLE ALWAYS TRIGGER" in text(swap_statements(PLAN, side, {})[-1])
