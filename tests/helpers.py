@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from online_uuid import naming
 
 # --- names ------------------------------------------------------------------------------------
 
@@ -62,12 +64,12 @@ class Table:
 
     @property
     def pk_shadow(self) -> str:
-        return self.pk + "_uuid"
+        return naming.shadow_column(self.pk)
 
     @property
     def fk_shadow(self) -> str:
         assert self.fk is not None
-        return self.fk + "_uuid"
+        return naming.shadow_column(self.fk)
 
     def i(self, column: str) -> sql.Identifier:
         return sql.Identifier(column)
@@ -266,8 +268,8 @@ def fk_shadow(conn: psycopg.Connection, t: Table, pk: int) -> Any:
 def dual_write_problems(
     conn: psycopg.Connection,
     n: Names,
-    only: dict[str, Collection[int]] | None = None,
-    inserted: dict[str, Collection[int]] | None = None,
+    only: Mapping[str, Collection[int]] | None = None,
+    inserted: Mapping[str, Collection[int]] | None = None,
 ) -> list[str]:
     """Every violated dual-write rule, as text (empty when all hold).
 
@@ -645,18 +647,25 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 
 def invoke_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `online-uuid ARGS` in this process (faster; for tests that need no process of its own)."""
+    """Run `online-uuid ARGS` in this process (faster; for tests that need no process of its own).
+
+    Only the command line counts (ONLINE_UUID_* unset), and the CLI's log setup, pointed at the
+    runner's stderr that is closed afterwards, is undone.
+    """
+    import logging
+
     import structlog
     from typer.testing import CliRunner
 
     from online_uuid.cli import app
 
-    saved = structlog.get_config()  # the CLI points structlog at the runner's stderr, closed after
+    saved, handlers = structlog.get_config(), list(logging.root.handlers)
     try:
         unset = dict.fromkeys(k for k in os.environ if k.startswith("ONLINE_UUID_"))
         result = CliRunner().invoke(app, list(args), env=unset)
     finally:
         structlog.configure(**saved)
+        logging.root.handlers[:] = handlers
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
@@ -744,18 +753,6 @@ def constraint_defs(conn: psycopg.Connection, schema: str = "public") -> dict[tu
 
 
 def cli_in_process(*args: str, dsn: str) -> tuple[int, str, str]:
-    """`online-uuid ARGS --dsn DSN` in this process; the CLI's log setup (on the runner's stderr) undone."""
-    import logging
-
-    import structlog
-    from typer.testing import CliRunner
-
-    from online_uuid.cli import app
-
-    saved, handlers = structlog.get_config(), list(logging.root.handlers)
-    try:
-        result = CliRunner().invoke(app, [*args, "--dsn", dsn])
-    finally:
-        structlog.configure(**saved)
-        logging.root.handlers[:] = handlers
-    return result.exit_code, result.stdout, result.stderr
+    """`online-uuid ARGS --dsn DSN` in this process, as (exit code, stdout, stderr)."""
+    done = invoke_cli(*args, "--dsn", dsn)
+    return done.returncode, done.stdout, done.stderr

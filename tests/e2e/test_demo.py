@@ -10,6 +10,7 @@ import sys
 import psycopg
 import pytest
 
+from online_uuid import naming
 from online_uuid.demo.report import COLUMNS
 from online_uuid.embedded import find_pg_bin, pgserver_available
 
@@ -86,7 +87,7 @@ def test_demo_with_keep_leaves_the_converted_tables(
     ).fetchall()
     found = {(str(t), str(c)): str(ty) for t, c, ty in types}
     assert {col: found.get(col) for col in COLUMNS} == dict.fromkeys(COLUMNS, "uuid")
-    assert not [col for col in found if col[1].endswith(("_int", "_uuid"))], found
+    assert not [col for col in found if col[1].endswith((naming.RETIRED_SUFFIX, naming.SHADOW_SUFFIX))], found
     phase = conn.execute("SELECT phase FROM online_uuid.migrations WHERE id = %s", (migration,)).fetchone()
     assert phase == ("finalized",)
     connectors = conn.execute(

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from online_uuid import api
+from online_uuid import api, naming
 from online_uuid.demo.data import load
 from online_uuid.demo.schema import TABLES, create_schema
 from online_uuid.demo.workload import Workload
@@ -135,7 +135,7 @@ def test_full_lifecycle_under_load(dsn: str, conn: psycopg.Connection, schema: s
     assert {
         (t, c) for t, c, ty in final if ty != "uuid" and c in ("id", "connector_id", "mcp_server_id")
     } == set()
-    assert not any(c.endswith(("_int", "_uuid")) for _, c, _ in final)
+    assert not any(c.endswith((naming.RETIRED_SUFFIX, naming.SHADOW_SUFFIX)) for _, c, _ in final)
     leftovers = conn.execute(
         "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "WHERE NOT t.tgisinternal AND c.relnamespace = to_regnamespace(%s)",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -16,6 +14,7 @@ from online_uuid.backfill import BackfillResult, run_backfill
 from online_uuid.backfill.progress import JobProgress
 from online_uuid.metrics import Metrics
 from online_uuid.model import ForeignKeyConversion, KeyConversion, Phase, Plan, TableRef
+from online_uuid.naming import retired_column, shadow_column
 from online_uuid.settings import BackfillSettings
 
 SCHEMA = "App Data"  # quoted, mixed case, with a space
@@ -36,8 +35,8 @@ def _fk(name: str, table: TableRef, column: str, batch: str) -> ForeignKeyConver
         name=name,
         table=table,
         column=column,
-        shadow=f"{column}_uuid",
-        retired=f"{column}_int",
+        shadow=shadow_column(column),
+        retired=retired_column(column),
         ref_table=PARENT,
         ref_column="select",
         on_delete="a",
@@ -51,8 +50,8 @@ def make_plan() -> Plan:
         table=PARENT,
         column="select",
         type="bigint",
-        shadow="select_uuid",
-        retired="select_int",
+        shadow=shadow_column("select"),
+        retired=retired_column("select"),
         constraint="Parent_pkey",
     )
     fks = (
@@ -109,15 +108,15 @@ def create_schema(conn: psycopg.Connection, parents: int, children: int, leaves:
             (keys, len(keys), leaves),
         )
     for t, col in (
-        (PARENT, "select_uuid"),
-        (PARENT, "Parent Id_uuid"),
-        (CHILD, "Parent_uuid"),
-        (LEAF, "pid_uuid"),
+        (PARENT, shadow_column("select")),
+        (PARENT, shadow_column("Parent Id")),
+        (CHILD, shadow_column("Parent")),
+        (LEAF, shadow_column("pid")),
     ):
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} uuid").format(t.ident, q(col)))
     conn.execute(
         sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT gen_random_uuid()").format(
-            PARENT.ident, q("select_uuid")
+            PARENT.ident, q(shadow_column("select"))
         )
     )
     conn.execute("ANALYZE")
@@ -128,11 +127,11 @@ def add_fk_triggers(conn: psycopg.Connection) -> None:
     """What `start` installs: a new or changed child row gets its parent's UUID."""
     for t, col in ((PARENT, "Parent Id"), (CHILD, "Parent"), (LEAF, "pid")):
         fn = sql.Identifier(SCHEMA, f"sync_{t.name}_{col}")
-        shadow = q(f"{col}_uuid")
+        shadow = q(shadow_column(col))
         self_ref: sql.Composable = sql.SQL("")
         if t == PARENT:
             self_ref = sql.SQL("ELSIF NEW.{c} = NEW.{k} THEN NEW.{s} := NEW.{ks}; ").format(
-                c=q(col), k=q("select"), s=shadow, ks=q("select_uuid")
+                c=q(col), k=q("select"), s=shadow, ks=q(shadow_column("select"))
             )
         conn.execute(
             sql.SQL(
@@ -147,7 +146,7 @@ def add_fk_triggers(conn: psycopg.Connection) -> None:
                 c=q(col),
                 s=shadow,
                 self_ref=self_ref,
-                ks=q("select_uuid"),
+                ks=q(shadow_column("select")),
                 p=PARENT.ident,
                 k=q("select"),
                 tg=q(f"sync_{col}"),
@@ -172,16 +171,18 @@ def scalar(conn: psycopg.Connection, query: sql.Composable | str, params: Any = 
 
 def problems(conn: psycopg.Connection) -> dict[str, int]:
     """Rows whose shadow is wrong; all zero when the backfill is complete and correct."""
-    base = {"p": PARENT.ident, "k": q("select"), "ks": q("select_uuid")}
+    base = {"p": PARENT.ident, "k": q("select"), "ks": q(shadow_column("select"))}
     fk_check = sql.SQL(
         "SELECT count(*) FROM {t} c LEFT JOIN {p} p ON p.{k} = c.{fk} WHERE c.{fs} IS DISTINCT FROM p.{ks}"
     )
     checks = {
         "key_null": sql.SQL("SELECT count(*) FROM {p} WHERE {ks} IS NULL").format(**base),
         "key_dupe": sql.SQL("SELECT count(*) - count(DISTINCT {ks}) FROM {p}").format(**base),
-        "self_bad": fk_check.format(t=PARENT.ident, fk=q("Parent Id"), fs=q("Parent Id_uuid"), **base),
-        "order_bad": fk_check.format(t=CHILD.ident, fk=q("Parent"), fs=q("Parent_uuid"), **base),
-        "leaf_bad": fk_check.format(t=LEAF.ident, fk=q("pid"), fs=q("pid_uuid"), **base),
+        "self_bad": fk_check.format(
+            t=PARENT.ident, fk=q("Parent Id"), fs=q(shadow_column("Parent Id")), **base
+        ),
+        "order_bad": fk_check.format(t=CHILD.ident, fk=q("Parent"), fs=q(shadow_column("Parent")), **base),
+        "leaf_bad": fk_check.format(t=LEAF.ident, fk=q("pid"), fs=q(shadow_column("pid")), **base),
     }
     return {name: int(scalar(conn, query)) for name, query in checks.items()}
 
@@ -189,7 +190,7 @@ def problems(conn: psycopg.Connection) -> dict[str, int]:
 def key_uuids(conn: psycopg.Connection) -> dict[int, str]:
     rows = conn.execute(
         sql.SQL("SELECT {}, {}::text FROM {} WHERE {} IS NOT NULL").format(
-            q("select"), q("select_uuid"), PARENT.ident, q("select_uuid")
+            q("select"), q(shadow_column("select")), PARENT.ident, q(shadow_column("select"))
         )
     ).fetchall()
     return dict(rows)
@@ -257,15 +258,6 @@ class Running:
     def gauge(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else value
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 def rows_done(conn: psycopg.Connection) -> int:

@@ -35,10 +35,10 @@ from backfill_schema import (
     rows_done,
     scalar,
     setup_big,
-    wait_for,
 )
 from psycopg import sql
 
+from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import run_backfill
 from online_uuid.backfill.context import RunContext

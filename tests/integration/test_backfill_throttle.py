@@ -24,11 +24,11 @@ from backfill_schema import (
     rows_done,
     scalar,
     setup_big,
-    wait_for,
 )
 from prometheus_client import generate_latest
 from psycopg import sql
 
+from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import control, run_backfill
 from online_uuid.embedded import TempCluster

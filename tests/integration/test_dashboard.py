@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from psycopg import sql
 
+from helpers import wait_for
 from online_uuid import api, naming
 from online_uuid.demo.data import load
 from online_uuid.demo.schema import TABLES as DEMO_TABLES
@@ -74,14 +74,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def cli_env() -> dict[str, str]:
@@ -152,8 +144,9 @@ class RealBackfill:
                 env=cli_env(),
             )
         wait_for(
-            "the backfill's first batch on /metrics",
             lambda: "online_uuid_rows_backfilled_total{" in self.scrape(),
+            what="the backfill's first batch on /metrics",
+            every=0.25,
         )
 
     def alive(self) -> bool:
@@ -320,10 +313,10 @@ def prometheus(
             except OSError:
                 return False
 
-        wait_for("prometheus to scrape both targets", ready)
+        wait_for(ready, what="prometheus to scrape both targets", every=0.25)
         # rate() over 1m needs two samples of each series; a few scrapes make it certain.
         scrapes = 'min(count_over_time(up{job="online-uuid"}[1m])) >= 3'
-        wait_for("3 scrapes of each target", lambda: bool(prom.query(scrapes)))
+        wait_for(lambda: bool(prom.query(scrapes)), what="3 scrapes of each target", every=0.25)
         yield prom
     finally:
         proc.terminate()
@@ -426,14 +419,14 @@ def test_alerts_fire(prometheus: Prometheus, metrics_target: RealBackfill) -> No
     assert "OnlineUuidBackfillStalled" not in active()
 
     target.stall()
-    wait_for("the stalled-backfill alert", firing("OnlineUuidBackfillStalled"))
+    wait_for(firing("OnlineUuidBackfillStalled"), what="the stalled-backfill alert", every=0.25)
     assert "OnlineUuidPausedTooLong" not in active()
     # The stall is real: the backfill's batches wait for the lock, time out and are retried.
     assert prometheus.query('online_uuid_errors_total{kind="lock_timeout"} > 0')
 
     target.pause()  # paused: the stall is deliberate, so it stops alerting
-    wait_for("the paused alert", firing("OnlineUuidPausedTooLong"))
-    wait_for("the stall alert to end", lambda: "OnlineUuidBackfillStalled" not in active())
+    wait_for(firing("OnlineUuidPausedTooLong"), what="the paused alert", every=0.25)
+    wait_for(lambda: "OnlineUuidBackfillStalled" not in active(), what="the stall alert to end", every=0.25)
 
     for alert in prometheus.get("/api/v1/alerts")["alerts"]:
         for text in alert["annotations"].values():

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from helpers import catalog_snapshot, constraint_defs, fresh_database, phase_of, schema_dump
 from helpers import cli_in_process as _cli
-from online_uuid import api
+from online_uuid import api, naming
 from online_uuid.embedded import PgServer
 from online_uuid.model import Phase
 from online_uuid.settings import StartSettings
@@ -59,7 +59,9 @@ def _types(conn: psycopg.Connection, schema: str) -> dict[tuple[str, str], str]:
 
 def _no_helper_objects(conn: psycopg.Connection, schema: str, user_triggers: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """Nothing of the tool is left in the user's schema, nor a function in its own."""
-    leftovers = [c for c in _columns(conn, schema) if c[1].endswith(("_int", "_uuid"))]
+    leftovers = [
+        c for c in _columns(conn, schema) if c[1].endswith((naming.RETIRED_SUFFIX, naming.SHADOW_SUFFIX))
+    ]
     assert leftovers == [], f"retired or shadow columns left: {leftovers}"
     assert not [k for k in constraint_defs(conn, schema) if HELPER.search(k[1]) or k[1].startswith("ou_")]
     assert not [n for n in _indexes(conn, schema) if HELPER.search(n)]
@@ -186,7 +188,7 @@ def _relations(conn: psycopg.Connection) -> dict[str, set[tuple[Any, ...]]]:
 
 
 def _without_shadows(cols: dict[tuple[str, str], tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    return {k: v for k, v in cols.items() if not k[1].endswith("_uuid")}
+    return {k: v for k, v in cols.items() if not k[1].endswith(naming.SHADOW_SUFFIX)}
 
 
 def test_rollback_after_cutover_restores_original_ids_names_and_actions_then_cutover_again_and_finalize(

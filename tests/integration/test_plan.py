@@ -6,10 +6,9 @@ import json
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
 
+from helpers import cli_in_process as _cli
 from online_uuid import api
-from online_uuid.cli import app
 from online_uuid.errors import PlanError
 from online_uuid.model import TableRef
 
@@ -54,11 +53,6 @@ CREATE VIEW "App Data"."order view" AS SELECT o."ID", o.total FROM "App Data"."O
 CREATE VIEW public.order_summary AS SELECT v."ID" FROM "App Data"."order view" v;
 CREATE FUNCTION public.count_orders() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM "App Data"."Order"';
 """
-
-
-def _cli(*args: str, dsn: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [*args, "--dsn", dsn])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_guide_tables_in_dependency_order(dsn: str, conn: psycopg.Connection) -> None:

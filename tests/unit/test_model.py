@@ -17,19 +17,24 @@ from online_uuid.model import (
     backfill_jobs,
     can_move,
 )
+from online_uuid.naming import retired_column, shadow_column
 
 
 def sample_plan() -> Plan:
     parent = TableRef("public", "parent")
     child = TableRef("App Data", "Child")
-    keys = (KeyConversion(parent, "id", "integer", "id_uuid", "id_int", "parent_pkey", rows=10),)
+    keys = (
+        KeyConversion(
+            parent, "id", "integer", shadow_column("id"), retired_column("id"), "parent_pkey", rows=10
+        ),
+    )
     fks = (
         ForeignKeyConversion(
             "child_fk",
             child,
             "parent_id",
-            "parent_id_uuid",
-            "parent_id_int",
+            shadow_column("parent_id"),
+            retired_column("parent_id"),
             parent,
             "id",
             "c",
@@ -53,7 +58,7 @@ def test_tables_are_locked_in_one_sorted_order() -> None:
 def test_backfill_jobs_put_keys_before_foreign_keys() -> None:
     jobs = backfill_jobs(sample_plan())
     assert [j.kind for j in jobs] == ["key", "fk"]
-    assert jobs[1].ref_shadow == "id_uuid" and jobs[1].batch_column == "id"
+    assert jobs[1].ref_shadow == shadow_column("id") and jobs[1].batch_column == "id"
 
 
 @pytest.mark.parametrize(

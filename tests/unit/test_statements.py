@@ -6,18 +6,19 @@ from psycopg import sql
 
 from online_uuid import statements as s
 from online_uuid.model import ForeignKeyConversion, IndexTwin, KeyConversion, Plan, TableRef
+from online_uuid.naming import retired_column, shadow_column
 from online_uuid.phases.cutover import FORWARD, REVERSE, swap_statements
 from online_uuid.phases.start import start_steps
 
 PARENT = TableRef("App Data", "Order")
 CHILD = TableRef("public", "user")
-KEY = KeyConversion(PARENT, "ID", "bigint", "ID_uuid", "ID_int", "Order_pkey")
+KEY = KeyConversion(PARENT, "ID", "bigint", shadow_column("ID"), retired_column("ID"), "Order_pkey")
 FK = ForeignKeyConversion(
     "user_order_fk",
     CHILD,
     "order",
-    "order_uuid",
-    "order_int",
+    shadow_column("order"),
+    retired_column("order"),
     PARENT,
     "ID",
     "a",
@@ -43,7 +44,7 @@ def text(q: sql.Composable) -> str:
 
 def test_add_column_quotes_everything() -> None:
     assert (
-        text(s.build_add_column(PARENT, "ID_uuid"))
+        text(s.build_add_column(PARENT, KEY.shadow))
         == 'ALTER TABLE "App Data"."Order" ADD COLUMN IF NOT EXISTS "ID_uuid" uuid'
     )
 
