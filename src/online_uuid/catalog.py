@@ -35,6 +35,15 @@ def _one(
     return rows[0] if rows else None
 
 
+def _the_one(
+    conn: psycopg.Connection, row: type[R], query: str, params: tuple[Any, ...] | list[Any] = ()
+) -> R:
+    """The row of an object known to exist (its oid was read a moment ago)."""
+    r = _one(conn, row, query, params)
+    assert r is not None, (row.__name__, params)
+    return r
+
+
 def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
     got = conn.execute(query, params).fetchone()
     return None if got is None else got[0]
@@ -239,9 +248,7 @@ class RowSecurity:
 
 
 def read_table_by_oid(conn: psycopg.Connection, oid: int) -> TableInfo:
-    r = _one(conn, TableInfo, _TABLE_SQL, (oid,))
-    assert r is not None, oid
-    return r
+    return _the_one(conn, TableInfo, _TABLE_SQL, (oid,))
 
 
 def _regclass(conn: psycopg.Connection, name: str) -> int | None:
@@ -299,9 +306,7 @@ def read_column(conn: psycopg.Connection, oid: int, name: str) -> Column | None:
 
 
 def read_column_by_num(conn: psycopg.Connection, oid: int, attnum: int) -> Column:
-    r = _one(conn, Column, _COLUMN_SQL + "AND attnum = %s", (oid, attnum))
-    assert r is not None
-    return r
+    return _the_one(conn, Column, _COLUMN_SQL + "AND attnum = %s", (oid, attnum))
 
 
 def read_referencing_fks(conn: psycopg.Connection, oid: int, attnum: int) -> list[ReferencingFk]:
@@ -373,7 +378,7 @@ def read_column_dependents(conn: psycopg.Connection, oid: int, attnum: int) -> l
 
 def read_index(conn: psycopg.Connection, index_oid: int) -> Index:
     """An index's shape: method, key and INCLUDE columns, options, opclasses, collations, predicate."""
-    r = _one(
+    r = _the_one(
         conn,
         Index,
         """
@@ -403,26 +408,23 @@ def read_index(conn: psycopg.Connection, index_oid: int) -> Index:
         """,
         (index_oid,),
     )
-    assert r is not None
     columns = [None if n == 0 else read_column_by_num(conn, r.table_oid, n).attname for n in r.indkey]
     return replace(r, columns=columns)
 
 
 def read_constraint(conn: psycopg.Connection, con_oid: int) -> Constraint:
-    r = _one(
+    return _the_one(
         conn,
         Constraint,
         "SELECT conname, contype::text AS contype, conrelid::int8 AS table_oid, conindid::int8 AS index_oid, "
         "confrelid::int8 AS ref_oid FROM pg_constraint WHERE oid = %s",
         (con_oid,),
     )
-    assert r is not None
-    return r
 
 
 def read_rewrite_view(conn: psycopg.Connection, rewrite_oid: int) -> RewriteRule:
     """The relation a rewrite rule belongs to (a view's _RETURN rule, or a real rule)."""
-    r = _one(
+    return _the_one(
         conn,
         RewriteRule,
         "SELECT r.rulename, r.ev_class::int8 AS oid, c.relkind::text AS relkind, n.nspname, c.relname "
@@ -430,13 +432,11 @@ def read_rewrite_view(conn: psycopg.Connection, rewrite_oid: int) -> RewriteRule
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = %s",
         (rewrite_oid,),
     )
-    assert r is not None
-    return r
 
 
 def read_view(conn: psycopg.Connection, view_oid: int) -> View:
     """A view's definition, options, ACL and owner, captured before the swap renames columns."""
-    r = _one(
+    return _the_one(
         conn,
         View,
         "SELECT n.nspname, c.relname, c.relkind::text AS relkind, pg_get_viewdef(c.oid) AS definition, "
@@ -445,8 +445,6 @@ def read_view(conn: psycopg.Connection, view_oid: int) -> View:
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
         (view_oid,),
     )
-    assert r is not None
-    return r
 
 
 def read_views_on_view(conn: psycopg.Connection, view_oid: int) -> list[int]:

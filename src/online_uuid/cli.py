@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failure, 2 bad input / refused (nothing changed), 3 gave up 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -151,7 +152,61 @@ BarrierTimeout = Annotated[
         help=f"Seconds to wait for old transactions at the barrier (default {_BF.barrier_timeout_s:g}).",
     ),
 ]
+# Parameter name (= BackfillSettings field) -> its option, in the order `--help` lists them.
+BACKFILL_OPTIONS: dict[str, Any] = {
+    "target_batch_ms": TargetBatchMs,
+    "min_batch_size": MinBatchSize,
+    "max_batch_size": MaxBatchSize,
+    "initial_batch_size": InitialBatchSize,
+    "max_rows_per_second": MaxRowsPerSecond,
+    "max_replication_lag_s": MaxReplicationLag,
+    "max_wal_rate_bytes": MaxWalRate,
+    "max_active_sessions": MaxActiveSessions,
+    "throttle_query": ThrottleQuery,
+    "nice_ratio": NiceRatio,
+    "replica_dsns": ReplicaDsns,
+    "vacuum_every_pct": VacuumEvery,
+    "workers": Workers,
+    "barrier_timeout_s": BarrierTimeout,
+}
+# What `throttle` changes in a running backfill (the others are read once, at start).
+RUNTIME_OPTIONS = (
+    "max_rows_per_second",
+    "max_replication_lag_s",
+    "max_wal_rate_bytes",
+    "max_active_sessions",
+    "nice_ratio",
+    "target_batch_ms",
+    "min_batch_size",
+    "max_batch_size",
+    "throttle_query",
+)
 _BACKFILL_FIELDS = frozenset(f.name for f in dataclasses.fields(BackfillSettings))
+assert BACKFILL_OPTIONS.keys() <= _BACKFILL_FIELDS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_backfill_options(*names: str) -> Callable[[F], F]:
+    """Give a command these backfill options (all of them by default); they arrive in its **kwargs.
+
+    typer reads a command's parameters from its signature, so the options are added to it here:
+    each is declared once, above, for `start`, `backfill` and `throttle` alike.
+    """
+
+    def add(command: F) -> F:
+        sig = inspect.signature(command, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=BACKFILL_OPTIONS[name]
+            )
+            for name in names or BACKFILL_OPTIONS
+        ]
+        command.__signature__ = sig.replace(parameters=[*own, *extra])  # type: ignore[attr-defined]
+        return command
+
+    return add
 
 
 def _backfill_fields(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,8 +291,8 @@ def plan(
 
 
 @app.command()
+@with_backfill_options()
 def start(
-    ctx: typer.Context,
     table: Tables,
     dsn: Dsn = None,
     migration: Migration = None,
@@ -257,22 +312,9 @@ def start(
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
     metrics_port: MetricsPort = None,
-    target_batch_ms: TargetBatchMs = None,
-    min_batch_size: MinBatchSize = None,
-    max_batch_size: MaxBatchSize = None,
-    max_rows_per_second: MaxRowsPerSecond = None,
-    max_replication_lag_s: MaxReplicationLag = None,
-    max_wal_rate_bytes: MaxWalRate = None,
-    max_active_sessions: MaxActiveSessions = None,
-    throttle_query: ThrottleQuery = None,
-    nice_ratio: NiceRatio = None,
-    replica_dsns: ReplicaDsns = None,
-    vacuum_every_pct: VacuumEvery = None,
-    workers: Workers = None,
-    initial_batch_size: InitialBatchSize = None,
-    barrier_timeout_s: BarrierTimeout = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
+    **options: Any,
 ) -> None:
     """Add shadow UUID columns and dual-write triggers, then backfill (unless --no-backfill)."""
     d = resolve_dsn(dsn)
@@ -287,7 +329,7 @@ def start(
     lock = _run(
         lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
     )
-    bf = _backfill_settings(ctx.params)
+    bf = _backfill_settings(options)
     metrics = _metrics(metrics_port, migration)
     with _progress(not no_backfill) as progress:
         mid = _run(
@@ -315,31 +357,18 @@ def start(
 
 
 @app.command()
+@with_backfill_options()
 def backfill(
-    ctx: typer.Context,
     dsn: Dsn = None,
     migration: Migration = None,
     metrics_port: MetricsPort = None,
-    target_batch_ms: TargetBatchMs = None,
-    min_batch_size: MinBatchSize = None,
-    max_batch_size: MaxBatchSize = None,
-    max_rows_per_second: MaxRowsPerSecond = None,
-    max_replication_lag_s: MaxReplicationLag = None,
-    max_wal_rate_bytes: MaxWalRate = None,
-    max_active_sessions: MaxActiveSessions = None,
-    throttle_query: ThrottleQuery = None,
-    nice_ratio: NiceRatio = None,
-    replica_dsns: ReplicaDsns = None,
-    vacuum_every_pct: VacuumEvery = None,
-    workers: Workers = None,
-    initial_batch_size: InitialBatchSize = None,
-    barrier_timeout_s: BarrierTimeout = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
+    **options: Any,
 ) -> None:
     """Run or resume the backfill (after `start --no-backfill`, a crash, or Ctrl-C)."""
     d = resolve_dsn(dsn)
-    bf = _backfill_settings(ctx.params)
+    bf = _backfill_settings(options)
     metrics = _metrics(metrics_port, migration)
     with _progress() as progress:
         result = _run(
@@ -391,29 +420,19 @@ def resume(dsn: Dsn = None, migration: Migration = None, as_json: Json = False) 
 
 
 @app.command()
+@with_backfill_options(*RUNTIME_OPTIONS)
 def throttle(
-    ctx: typer.Context,
     dsn: Dsn = None,
     migration: Migration = None,
-    max_rows_per_second: MaxRowsPerSecond = None,
-    max_replication_lag_s: MaxReplicationLag = None,
-    max_wal_rate_bytes: MaxWalRate = None,
-    max_active_sessions: MaxActiveSessions = None,
-    nice_ratio: NiceRatio = None,
-    target_batch_ms: TargetBatchMs = None,
-    min_batch_size: MinBatchSize = None,
-    max_batch_size: MaxBatchSize = None,
-    throttle_query: ThrottleQuery = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every runtime override.")] = False,
+    **options: Any,
 ) -> None:
     """Change the running backfill's limits without restarting it (applied within one batch)."""
     d = resolve_dsn(dsn)
     if clear:  # None removes an override: every one this command can set
-        _run(
-            lambda: api.throttle(d, migration, **dict.fromkeys(sorted(ctx.params.keys() & _BACKFILL_FIELDS)))
-        )
+        _run(lambda: api.throttle(d, migration, **dict.fromkeys(RUNTIME_OPTIONS)))
     else:
-        given = _backfill_fields(ctx.params)
+        given = _backfill_fields(options)
         if not given:
             raise _fail("give at least one limit (e.g. --max-rows-per-second 500) or --clear", EXIT_REFUSED)
         _run(lambda: api.throttle(d, migration, **given))

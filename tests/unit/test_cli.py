@@ -21,6 +21,10 @@ runner = CliRunner()
         ["start", "-t", "x", "--lock-timeout", "0", "--dsn", "host=/nonexistent"],
         ["backfill", "--min-batch-size", "10", "--max-batch-size", "5", "--dsn", "host=/nonexistent"],
         ["throttle", "--dsn", "host=/nonexistent"],
+        # the shared backfill options reach the settings builder of each command
+        ["start", "-t", "x", "--workers", "0", "--dsn", "host=/nonexistent"],
+        ["backfill", "--nice-ratio", "-1", "--dsn", "host=/nonexistent"],
+        ["backfill", "--target-batch-ms", "0", "--dsn", "host=/nonexistent"],
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str]) -> None:
