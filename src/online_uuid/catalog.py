@@ -749,3 +749,21 @@ def read_old_lock_holders(
         "AND a.xact_start < clock_timestamp() - make_interval(secs => %s)",
         (table_oids, older_than_s),
     )
+
+
+@dataclass(frozen=True)
+class Session:
+    pid: int
+    application_name: str | None
+
+
+def read_advisory_holder(conn: psycopg.Connection, key: str) -> Session | None:
+    """The session holding the advisory lock on hashtext(key), if any."""
+    return _one(
+        conn,
+        Session,
+        "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE l.locktype = 'advisory' AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid "
+        "AND l.granted LIMIT 1",
+        (key,),
+    )

@@ -264,13 +264,8 @@ def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 
             break
         time.sleep(0.25)
     if not row or not row[0]:
-        holder = conn.execute(
-            "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid "
-            "AND l.granted LIMIT 1",
-            (key,),
-        ).fetchone()
-        who = f" (pid {holder[0]}, {holder[1] or 'no application_name'})" if holder else ""
+        holder = catalog.read_advisory_holder(conn, key)
+        who = f" (pid {holder.pid}, {holder.application_name or 'no application_name'})" if holder else ""
         raise ConcurrentRunError(
             f"another online-uuid run is working on migration {migration_id}{who}; wait for it or stop it"
         )
