@@ -94,3 +94,19 @@ def test_shared_options_say_the_same_everywhere() -> None:
             if seen.setdefault(p.opts[0], doc) != doc:
                 drift.append(f"{command} {p.opts[0]}")
     assert drift == []
+
+
+def test_json_output_never_wraps_long_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--json` is for machines: a long message stays one valid JSON string (rich < 10.13 broke it)."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from online_uuid import cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=160))
+    doc = {"warning": "a role may write the child but not read the parent; " * 8}
+    cli._emit(doc, True, lambda: None)
+    assert json.loads(buf.getvalue()) == doc
