@@ -241,6 +241,32 @@ PANELS: list[Callable[[], Builder]] = [
 ]
 
 
+# --max-latency-impact: each reads 0 while no budget is set.
+LATENCY_PANELS: list[Callable[[], Builder]] = [
+    lambda: series(
+        "Latency budget: canary p99 / idle",
+        "none",
+        "The backfill's canary transaction: its p99 over its idle p99, steered to stay under F.",
+        (f"max({sel('online_uuid_latency_impact_ratio')})", "canary p99 / idle"),
+        (f"max({sel('online_uuid_latency_budget')})", "budget F"),
+    ),
+    lambda: series(
+        "Canary p99 and idle baseline",
+        "s",
+        "Latency of the canary's read + committed write, while backfilling and while idle.",
+        (f"max({sel('online_uuid_canary_p99_seconds')})", "canary p99"),
+        (f"max({sel('online_uuid_canary_baseline_seconds')})", "idle baseline p99"),
+    ),
+    lambda: series(
+        "Rows/s the latency budget allows",
+        "rowsps",
+        "The rate the latency budget steers to (AIMD on the canary's p99).",
+        (f"max({sel('online_uuid_allowed_rows_per_second')})", "allowed"),
+    ),
+]
+PANELS += LATENCY_PANELS
+
+
 def variable(name: str, label: str, query: str) -> db.QueryVariable:
     return (
         db.QueryVariable(name)

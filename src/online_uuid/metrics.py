@@ -23,6 +23,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_uuid_cutover_attempts_total": ("counter", ("outcome",)),
     "online_uuid_dead_tuples": ("gauge", ("table",)),
     "online_uuid_paused": ("gauge", ()),
+    "online_uuid_latency_budget": ("gauge", ()),
+    "online_uuid_canary_p99_seconds": ("gauge", ()),
+    "online_uuid_canary_baseline_seconds": ("gauge", ()),
+    "online_uuid_latency_impact_ratio": ("gauge", ()),
+    "online_uuid_allowed_rows_per_second": ("gauge", ()),
 }
 
 BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -102,6 +107,21 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge("online_uuid_paused", "1 while the migration is paused.", registry=r)
+        self.latency_budget = Gauge(
+            "online_uuid_latency_budget", "--max-latency-impact F in force (0: none).", registry=r
+        )
+        self.canary_p99 = Gauge(
+            "online_uuid_canary_p99_seconds", "The canary transaction's recent p99 latency.", registry=r
+        )
+        self.canary_baseline = Gauge(
+            "online_uuid_canary_baseline_seconds", "The canary's p99 while no batch runs.", registry=r
+        )
+        self.latency_impact_ratio = Gauge(
+            "online_uuid_latency_impact_ratio", "Canary p99 / its idle baseline (the budget: F).", registry=r
+        )
+        self.allowed_rate = Gauge(
+            "online_uuid_allowed_rows_per_second", "Rows/s the latency budget allows now.", registry=r
+        )
 
     def set_phase(self, phase: str) -> None:
         from .model import Phase

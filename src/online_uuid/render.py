@@ -149,6 +149,8 @@ def print_status(doc: dict[str, Any], console: Console) -> None:
         f"runtime overrides: {th.get('overrides') or 'none'}",
         markup=False,
     )
+    if th.get("latency_budget"):
+        console.print(latency_line(th["latency_budget"]), markup=False)
     cut = doc.get("cutover") or {}
     if cut.get("lock_held_s") is not None:
         held_ms = 1000 * float(cut["lock_held_s"])
@@ -160,6 +162,21 @@ def print_status(doc: dict[str, Any], console: Console) -> None:
         console.print(f"long transaction holding back vacuum: {tx}", markup=False)
     if doc.get("last_error"):
         console.print(f"last error: {doc['last_error']}", markup=False)
+
+
+def latency_line(b: dict[str, Any]) -> str:
+    """`--max-latency-impact` in `status`: F, the canary's p99 against its idle one, the rate allowed."""
+
+    def ms(v: Any) -> str:
+        return "-" if v is None else f"{v:.2f} ms"
+
+    ratio = "-" if b.get("ratio") is None else f"{b['ratio']:.2f}x"
+    measuring = " (measuring the idle baseline)" if b.get("measuring_baseline") else ""
+    return (
+        f"latency budget: F {b.get('factor')}, canary p99 {ms(b.get('canary_p99_ms'))} = {ratio} "
+        f"its idle {ms(b.get('baseline_p99_ms'))}; allowed {b.get('allowed_rows_per_s') or 0:,.0f} rows/s"
+        f"{measuring}"
+    )
 
 
 def print_verify(report: VerifyReport, console: Console) -> None:

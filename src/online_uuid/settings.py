@@ -75,6 +75,7 @@ class BackfillSettings:
     vacuum_every_pct: float = 5.0
     workers: int = 1
     barrier_timeout_s: float = 3600.0
+    max_latency_impact: float | None = None  # canary p99 <= F x idle; None or 0 = off
 
     def __post_init__(self) -> None:
         if not 0 < self.min_batch_size <= self.max_batch_size:
@@ -85,6 +86,11 @@ class BackfillSettings:
             raise RefusedError("--nice-ratio must be zero or positive")
         if self.workers < 1:
             raise RefusedError("--workers must be at least 1")
+        if self.max_latency_impact and self.max_latency_impact <= 1:
+            raise RefusedError(
+                f"--max-latency-impact {self.max_latency_impact:g}: give a factor above 1 "
+                "(1.5 = the canary's p99 at most 1.5 x idle), or 0 for no budget"
+            )
 
 
 @dataclass(frozen=True)

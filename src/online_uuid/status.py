@@ -123,6 +123,7 @@ def status(conn: psycopg.Connection, mid: str) -> dict[str, Any]:
             "details": ts.get("details", {}) if fresh else {},
             "replication_lag_s": ts.get("replication_lag_s", {}),
             "long_transactions": ts.get("long_transactions", []),
+            "latency_budget": ts.get("latency_budget") if fresh else None,
             "updated_at": ts.get("updated_at"),
         },
         "barrier": {

@@ -26,6 +26,7 @@ from ..metrics import Metrics
 from ..model import Plan
 from ..naming import application_name
 from ..settings import BackfillSettings
+from .canary import LatencyGuard
 from .progress import Progress
 from .signals import SignalReader
 from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Signals, eta_seconds
@@ -98,6 +99,7 @@ class RunContext:
         self.totals = Totals()
         self.board = Board(self)
         self.replica = False  # sessions on the primary SET session_replication_role = replica
+        self.latency = LatencyGuard(mid, lambda: db.connect(dsn, application_name(mid, "canary")), metrics)
         self._remaining: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -139,6 +141,7 @@ class RunContext:
             self.metrics.eta.set(eta)
 
     def close(self) -> None:
+        self.latency.close()
         self.reader.close()
 
 
@@ -208,6 +211,7 @@ class Board:
             self._extra["replication_lag_s"] = sig.replication_lag_s
             self._extra["wal_rate_bytes"] = sig.wal_rate_bytes
             self._extra["long_transactions"] = sig.long_transactions
+            self._extra["latency_budget"] = sig.latency_budget
             doc = self._document_if_due()
         self._report_lag(sig)
         self._warn_long(sig)

@@ -25,10 +25,20 @@ REASONS = (
     "throttle_query",
     "nice",
     "autovacuum",
+    "latency_budget",
+    "latency_baseline",
 )
 # Reasons that hold the next batch until the signal clears (the others only add a sleep).
 HOLD_REASONS = frozenset(
-    {"paused", "replication_lag", "wal_rate", "active_sessions", "throttle_query", "autovacuum"}
+    {
+        "paused",
+        "replication_lag",
+        "wal_rate",
+        "active_sessions",
+        "throttle_query",
+        "autovacuum",
+        "latency_baseline",
+    }
 )
 POLL_S = 1.0  # how often a held backfill looks at its signals again
 BLOCKING_SLEEP_S = 0.5  # minimum pause after a batch that made another session wait
@@ -140,6 +150,9 @@ class Signals:
     pacing_sleep_s: float = 0.0  # from the RatePacer
     last_batch_s: float = 0.0
     long_transactions: list[dict[str, Any]] = field(default_factory=list)
+    latency_baseline: bool = False  # held while the canary's idle baseline is measured
+    latency_bound: bool = False  # the pacing sleep comes from the latency budget's rate
+    latency_budget: dict[str, Any] | None = None  # its state, for `status`
 
 
 @dataclass
@@ -170,6 +183,8 @@ def _signal_reasons(sig: Signals, lim: BackfillSettings) -> dict[str, Any]:
         found["autovacuum"] = sig.autovacuum
     if sig.blocked_sessions > 0:
         found["blocking"] = sig.blocked_sessions
+    if sig.latency_baseline:
+        found["latency_baseline"] = True
     return found
 
 
@@ -177,7 +192,7 @@ def decide(sig: Signals, lim: BackfillSettings) -> Decision:
     """Combine the signals with the effective limits into one decision with its reasons."""
     found = _signal_reasons(sig, lim)
     if sig.pacing_sleep_s > 0.001:
-        found["rate_limit"] = round(sig.pacing_sleep_s, 3)
+        found["latency_budget" if sig.latency_bound else "rate_limit"] = round(sig.pacing_sleep_s, 3)
     nice_s = lim.nice_ratio * sig.last_batch_s
     if nice_s > 0:
         found["nice"] = round(nice_s, 3)

@@ -119,7 +119,7 @@ class Worker:
                 raise BackfillError(
                     f"migration {ctx.mid} moved to phase {rt.phase} while backfilling; stopped"
                 )
-            eff = self._effective(rt.throttle)
+            eff = ctx.latency.apply(self._effective(rt.throttle))
             ctx.metrics.paused.set(1 if rt.paused else 0)
             sig = (
                 Signals(paused=True)
@@ -128,6 +128,7 @@ class Worker:
                     lambda _c: ctx.reader.read(eff, self.oid)  # noqa: B023 - called at once
                 )
             )
+            ctx.latency.annotate(sig)
             if first:
                 sig.pacing_sleep_s, sig.last_batch_s = last.pacing_s, last.elapsed_s
                 sig.blocked_sessions = last.blocked
@@ -166,8 +167,10 @@ class Worker:
             started[0] = time.monotonic()
             return batch.run(conn, ctx.mid, self.job, st, size, self.update, timeout)
 
-        res = self.session.call(once)
+        with ctx.latency.busy():
+            res = self.session.call(once)
         elapsed = time.monotonic() - started[0]
+        ctx.latency.add_rows(res.rows)
         self.sizer.observe(elapsed, full=not res.finished)
         if res.blocked:
             self.sizer.shrink()
@@ -225,7 +228,8 @@ class Worker:
         if every <= 0 or not due or self.ctx.halted():
             return
         t0 = time.monotonic()
-        self.session.call(lambda c: batch.vacuum(c, self.job))
+        with self.ctx.latency.busy():
+            self.session.call(lambda c: batch.vacuum(c, self.job))
         self.session.call(lambda c: batch.set_vacuumed(c, self.ctx.mid, self.job.job_id, pct))
         st.vacuumed_at_pct = pct
         self._read_dead_tuples()

@@ -1,0 +1,183 @@
+"""The latency-budget controller against a simulated server whose latency grows with the backfill's rate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from online_uuid.backfill.budget import (
+    REBASELINE_AT_FLOOR_S,
+    REBASELINE_EVERY_S,
+    Baseline,
+    LatencyBudget,
+    p99,
+)
+
+FULL_SPEED = 100_000.0  # rows/s the backfill manages flat out
+BASE_S = 0.001  # the canary's idle latency
+STEP_S = 3.0  # simulated seconds between decisions
+SAMPLES = 150  # canary samples per decision
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Server:
+    """Canary latency = base x (1 + load x duty cycle) x noise; `load` is what the test induces."""
+
+    def __init__(self, load: float, seed: int = 1) -> None:
+        self.load = load
+        self.rng = random.Random(seed)
+
+    def sample(self, rate: float) -> float:
+        duty = min(1.0, rate / FULL_SPEED)
+        return BASE_S * (1 + self.load * duty) * self.rng.lognormvariate(0, 0.08)
+
+    def idle(self) -> float:
+        return BASE_S * self.rng.lognormvariate(0, 0.08)
+
+    def bearable(self, factor: float) -> float:
+        """The rate at which the canary's typical latency sits exactly at the budget."""
+        return FULL_SPEED * (factor - 1) / self.load
+
+
+def baseline_of(server: Server) -> float:
+    b = Baseline()
+    for _ in range(300):
+        b.add(server.idle())
+    assert b.value is not None
+    return b.value
+
+
+def run(ctl: LatencyBudget, clock: FakeClock, server: Server, steps: int) -> list[float]:
+    """`steps` decisions; the rate after each one."""
+    base = baseline_of(server)
+    rates = []
+    for _ in range(steps):
+        clock.now += STEP_S
+        ctl.add_rows(int(min(ctl.rate, FULL_SPEED) * STEP_S))
+        for _ in range(SAMPLES):
+            ctl.add(server.sample(ctl.rate))
+        assert ctl.update(base) is not None
+        rates.append(ctl.rate)
+    return rates
+
+
+def controller(factor: float = 1.5, floor: float = 100.0) -> tuple[LatencyBudget, FakeClock]:
+    clock = FakeClock()
+    return LatencyBudget(factor, floor, initial=1000.0, clock=clock), clock
+
+
+def test_p99_is_nearest_rank() -> None:
+    assert p99(range(1, 101)) == 99
+    assert p99([5.0]) == 5.0
+    with pytest.raises(ValueError):
+        p99([])
+
+
+def test_baseline_needs_enough_idle_samples_and_keeps_the_recent_ones() -> None:
+    b = Baseline(max_samples=200, min_samples=100)
+    for _ in range(99):
+        b.add(0.001)
+    assert b.value is None
+    b.add(0.001)
+    assert b.value == 0.001
+    for _ in range(200):
+        b.add(0.002)  # the old idle samples age out
+    assert b.value == 0.002 and len(b.samples) == 200
+
+
+def test_settles_just_under_the_budget() -> None:
+    ctl, clock = controller()
+    server = Server(load=3.0)  # flat out: 4 x idle; bearable: 1/6 of full speed
+    rates = run(ctl, clock, server, 60)
+    target = server.bearable(1.5)
+    settled = rates[20:]
+    assert all(0.4 * target <= r <= 1.3 * target for r in settled), (target, settled)
+    ratios = [server.sample(r) / BASE_S for r in settled]
+    assert sum(ratios) / len(ratios) <= 1.5
+
+
+def test_slows_down_when_latency_rises_and_recovers_when_it_falls() -> None:
+    ctl, clock = controller()
+    server = Server(load=3.0)
+    calm = run(ctl, clock, server, 30)[-10:]
+    server.load = 20.0  # the application got busy: the same rate now costs it much more
+    loaded = run(ctl, clock, server, 15)
+    assert loaded[-1] <= 1.3 * server.bearable(1.5) < 0.3 * min(calm)
+    assert max(loaded[5:]) <= 1.5 * server.bearable(1.5)  # a few steps, not a slow drift
+    server.load = 3.0
+    recovered = run(ctl, clock, server, 25)
+    assert recovered[-1] >= 0.6 * server.bearable(1.5)
+    assert recovered[-1] >= 0.5 * sum(calm) / len(calm)
+
+
+def test_never_below_the_floor() -> None:
+    ctl, clock = controller(floor=250.0)
+    server = Server(load=5000.0)  # even the floor breaks the budget
+    rates = run(ctl, clock, server, 30)
+    assert min(rates) == 250.0 == rates[-1]
+
+
+def test_no_oscillation_blow_up() -> None:
+    ctl, clock = controller(factor=1.2)
+    server = Server(load=4.0, seed=9)
+    rates = run(ctl, clock, server, 200)
+    target = server.bearable(1.2)
+    early, late = rates[40:120], rates[120:]
+    assert all(0.25 * target <= r <= 1.5 * target for r in rates[40:]), target
+    assert max(late) - min(late) <= 1.5 * (max(early) - min(early)) + 0.05 * target
+    assert ctl.rate > ctl.floor
+
+
+def test_respects_the_users_ceiling_and_what_the_backfill_achieves() -> None:
+    ctl, clock = controller()
+    ctl.retune(1.5, 100.0, 5_000.0)
+    server = Server(load=0.01)  # no measurable impact at any rate
+    assert max(run(ctl, clock, server, 20)) == 5_000.0
+    ctl.retune(1.5, 100.0, None)
+    for _ in range(20):  # the backfill manages only 3000 rows/s whatever it is allowed
+        clock.now += STEP_S
+        ctl.add_rows(int(3000 * STEP_S))
+        for _ in range(SAMPLES):
+            ctl.add(server.idle())
+        ctl.update(BASE_S * 1.2)
+    assert ctl.rate <= 2 * 3000 + 1
+
+
+def test_decides_only_on_enough_fresh_samples() -> None:
+    ctl, clock = controller()
+    for _ in range(SAMPLES - 1):
+        ctl.add(0.01)
+    clock.now += STEP_S
+    assert ctl.update(0.001) is None  # one sample short
+    ctl.add(0.01)
+    step = ctl.update(0.001)
+    assert step is not None and step.action == "decrease" and step.ratio == pytest.approx(10.0)
+    assert ctl.update(0.001) is None  # the next decision waits for new samples
+    assert ctl.rate == 500.0  # a tenfold overshoot halves the rate, no more
+
+
+def test_asks_for_a_baseline_at_start_periodically_and_when_stuck_at_the_floor() -> None:
+    ctl, clock = controller(floor=1000.0)
+    assert ctl.wants_baseline(None)
+    measured = clock.now
+    assert not ctl.wants_baseline(measured)
+    for _ in range(SAMPLES):
+        ctl.add(1.0)
+    clock.now += STEP_S
+    ctl.update(0.001)  # at the floor from now on
+    assert not ctl.wants_baseline(measured)
+    clock.now = measured + REBASELINE_AT_FLOOR_S + STEP_S + 1
+    for _ in range(SAMPLES):
+        ctl.add(1.0)
+    ctl.update(0.001)
+    assert ctl.wants_baseline(measured)
+    ctl2, clock2 = controller()
+    assert ctl2.wants_baseline(clock2.now - REBASELINE_EVERY_S)
