@@ -9,7 +9,17 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-from backfill_schema import ALL_ZERO, MID, SLOW, Running, create_migration, create_schema, problems, rows_done, wait_for
+from backfill_schema import (
+    ALL_ZERO,
+    MID,
+    SLOW,
+    Running,
+    create_migration,
+    create_schema,
+    problems,
+    rows_done,
+    wait_for,
+)
 from psycopg import sql
 
 from online_uuid import state, status
@@ -39,7 +49,9 @@ def canary_held(dsn: str, hold_s: float = 0.1, gap_s: float = 0.02) -> Iterator[
             while not stop.is_set():
                 with c.transaction():
                     c.execute(
-                        sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier("online_uuid", "canary"))
+                        sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+                            sql.Identifier("online_uuid", "canary")
+                        )
                     )
                     time.sleep(hold_s)
                 time.sleep(gap_s)
@@ -96,8 +108,10 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
         assert run.gauge("online_uuid_latency_budget") == 0
         control.set_throttle(conn, MID, max_latency_impact=1.5)
         wait_for(
-            lambda: (status.status(conn, MID)["throttle"]["latency_budget"] or {}).get("baseline_p99_ms")
-            is not None,
+            lambda: (
+                (status.status(conn, MID)["throttle"]["latency_budget"] or {}).get("baseline_p99_ms")
+                is not None
+            ),
             timeout=30,
             what="the idle baseline in status",
         )
@@ -105,10 +119,13 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
         assert budget["factor"] == 1.5 and budget["allowed_rows_per_s"] >= SLOW.min_batch_size
         assert run.gauge("online_uuid_latency_budget") == 1.5
         assert run.gauge("online_uuid_canary_baseline_seconds") > 0
-        beats = conn.execute("SELECT beats FROM online_uuid.canary WHERE migration_id = %s", (MID,)).fetchone()
+        beats = conn.execute(
+            "SELECT beats FROM online_uuid.canary WHERE migration_id = %s", (MID,)
+        ).fetchone()
         assert beats is not None and beats[0] >= canary.BASELINE_SAMPLES
         app = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (f"online-uuid/{MID}/canary",)
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (f"online-uuid/{MID}/canary",),
         ).fetchone()
         assert app == (1,)
     assert state.load(conn, MID).throttle == {"max_latency_impact": 1.5}
