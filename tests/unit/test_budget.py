@@ -153,6 +153,15 @@ def test_respects_the_users_ceiling_and_what_the_backfill_achieves() -> None:
 
 def test_decides_only_on_enough_fresh_samples() -> None:
     ctl, clock = controller()
+    for _ in range(SAMPLES // 3):
+        ctl.add(0.001)
+    clock.now += STEP_S
+    step = ctl.update(0.001)  # slow start: a third of the samples will do
+    assert step is not None and step.action == "slow_start"
+    for _ in range(SAMPLES // 3):
+        ctl.add(0.00145)
+    clock.now += STEP_S
+    assert ctl.update(0.001) is not None and not ctl.slow_start  # close to the budget: slow start ends
     for _ in range(SAMPLES - 1):
         ctl.add(0.01)
     clock.now += STEP_S

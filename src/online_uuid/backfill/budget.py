@@ -125,7 +125,10 @@ class LatencyBudget:
         return p99(self._window) if self._window else None
 
     def due(self) -> bool:
-        return len(self._window) >= self.min_samples and self.clock() - self._since >= self.min_interval_s
+        # Slow start only confirms that the canary is far from its budget: a third of the evidence.
+        share = 3 if self.slow_start else 1
+        enough = len(self._window) >= self.min_samples // share
+        return enough and self.clock() - self._since >= self.min_interval_s / share
 
     def update(self, baseline_s: float | None) -> Step | None:
         """Decide on the samples since the last decision, if there are enough; the new Step."""
