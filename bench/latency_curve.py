@@ -154,7 +154,9 @@ def run_case(cluster: Any, label: str, fields: dict[str, Any], parents: int, idl
         drop(cluster, name)
     out: dict[str, Any] = {
         "label": label,
-        "kind": "oneshot" if label == "oneshot" else ("budget" if "max_latency_impact" in fields else "pacing"),
+        "kind": "oneshot"
+        if label == "oneshot"
+        else ("budget" if "max_latency_impact" in fields else "pacing"),
         "settings": fields,
         "rows": rows,
         "seconds": round(secs, 2),
@@ -174,7 +176,15 @@ def run_case(cluster: Any, label: str, fields: dict[str, Any], parents: int, idl
 def main() -> None:
     args = common.parse_args(
         __doc__ or "",
-        [("--cases", {"default": None, "help": "comma-separated labels (default: all): " + ", ".join(c for c, _ in CASES)})],
+        [
+            (
+                "--cases",
+                {
+                    "default": None,
+                    "help": "comma-separated labels (default: all): " + ", ".join(c for c, _ in CASES),
+                },
+            )
+        ],
     )
     common.quiet_logs()
     wanted = set(args.cases.split(",")) if args.cases else {c for c, _ in CASES}

@@ -1,7 +1,7 @@
 """Plot bench/results/latency_curve.json as the p99-against-speed curve (a PNG beside it).
 
-    .venv/bin/pip install -e '.[bench]'       # matplotlib
-    .venv/bin/python bench/plot_latency_curve.py [results.json] [--out curve.png]
+.venv/bin/pip install -e '.[bench]'       # matplotlib
+.venv/bin/python bench/plot_latency_curve.py [results.json] [--out curve.png]
 """
 
 from __future__ import annotations

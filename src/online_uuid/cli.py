@@ -152,6 +152,14 @@ BarrierTimeout = Annotated[
         help=f"Seconds to wait for old transactions at the barrier (default {_BF.barrier_timeout_s:g}).",
     ),
 ]
+MaxLatencyImpact = Annotated[
+    float | None,
+    typer.Option(
+        "--max-latency-impact",
+        help="Steer the rate so the backfill's canary keeps its p99 within F x idle, e.g. 1.5 "
+        "(default: off; 0 turns it off at runtime).",
+    ),
+]
 # Parameter name (= BackfillSettings field) -> its option, in the order `--help` lists them.
 BACKFILL_OPTIONS: dict[str, Any] = {
     "target_batch_ms": TargetBatchMs,
@@ -168,6 +176,7 @@ BACKFILL_OPTIONS: dict[str, Any] = {
     "vacuum_every_pct": VacuumEvery,
     "workers": Workers,
     "barrier_timeout_s": BarrierTimeout,
+    "max_latency_impact": MaxLatencyImpact,
 }
 # What `throttle` changes in a running backfill (the others are read once, at start).
 RUNTIME_OPTIONS = (
@@ -180,6 +189,7 @@ RUNTIME_OPTIONS = (
     "min_batch_size",
     "max_batch_size",
     "throttle_query",
+    "max_latency_impact",
 )
 _BACKFILL_FIELDS = frozenset(f.name for f in dataclasses.fields(BackfillSettings))
 assert BACKFILL_OPTIONS.keys() <= _BACKFILL_FIELDS

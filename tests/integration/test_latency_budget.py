@@ -21,9 +21,11 @@ from backfill_schema import (
     wait_for,
 )
 from psycopg import sql
+from typer.testing import CliRunner
 
 from online_uuid import state, status
 from online_uuid.backfill import canary, control
+from online_uuid.cli import app
 from online_uuid.errors import RefusedError
 from online_uuid.settings import BackfillSettings
 
@@ -106,7 +108,8 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
     with Running(dsn, SLOW) as run:
         wait_for(lambda: rows_done(conn) > 0, what="first batch")
         assert run.gauge("online_uuid_latency_budget") == 0
-        control.set_throttle(conn, MID, max_latency_impact=1.5)
+        cli = CliRunner().invoke(app, ["throttle", "--dsn", dsn, "--max-latency-impact", "1.5"])
+        assert cli.exit_code == 0, cli.output
         wait_for(
             lambda: (
                 (status.status(conn, MID)["throttle"]["latency_budget"] or {}).get("baseline_p99_ms")
@@ -118,16 +121,18 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
         budget = status.status(conn, MID)["throttle"]["latency_budget"]
         assert budget["factor"] == 1.5 and budget["allowed_rows_per_s"] >= SLOW.min_batch_size
         assert run.gauge("online_uuid_latency_budget") == 1.5
+        text = CliRunner().invoke(app, ["status", "--dsn", dsn]).stdout
+        assert "latency budget: F 1.5, canary p99" in text and "rows/s" in text
         assert run.gauge("online_uuid_canary_baseline_seconds") > 0
         beats = conn.execute(
             "SELECT beats FROM online_uuid.canary WHERE migration_id = %s", (MID,)
         ).fetchone()
         assert beats is not None and beats[0] >= canary.BASELINE_SAMPLES
-        app = conn.execute(
+        canaries = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
             (f"online-uuid/{MID}/canary",),
         ).fetchone()
-        assert app == (1,)
+        assert canaries == (1,)
     assert state.load(conn, MID).throttle == {"max_latency_impact": 1.5}
 
 

@@ -25,6 +25,8 @@ runner = CliRunner()
         ["start", "-t", "x", "--workers", "0", "--dsn", "host=/nonexistent"],
         ["backfill", "--nice-ratio", "-1", "--dsn", "host=/nonexistent"],
         ["backfill", "--target-batch-ms", "0", "--dsn", "host=/nonexistent"],
+        ["backfill", "--max-latency-impact", "0.8", "--dsn", "host=/nonexistent"],
+        ["start", "-t", "x", "--max-latency-impact", "1", "--dsn", "host=/nonexistent"],
     ],
 )
 def test_bad_options_exit_2_with_one_line(args: list[str]) -> None:
