@@ -33,6 +33,7 @@ import oltp_probe
 from psycopg import sql
 
 from online_uuid import api
+from online_uuid.backfill import run_backfill
 from online_uuid.metrics import Metrics
 from online_uuid.settings import BackfillSettings, StartSettings
 
@@ -123,7 +124,10 @@ class Trace:
         return self.points
 
 
-def run_case(cluster: Any, label: str, fields: dict[str, Any], parents: int, idle_s: float) -> dict[str, Any]:
+def run_case(
+    cluster: Any, label: str, fields: dict[str, Any], parents: int, idle_s: float, max_s: float
+) -> dict[str, Any]:
+    """One case on a fresh copy; a backfill still running after `max_s` is stopped (its rate stands)."""
     name = "case_" + "".join(ch if ch.isalnum() else "_" for ch in label.lower())
     dsn = copy(cluster, name)
     try:
@@ -139,13 +143,20 @@ def run_case(cluster: Any, label: str, fields: dict[str, Any], parents: int, idl
         probe = oltp_probe.Probe(dsn, parents)
         metrics = Metrics(MID)
         trace = Trace(metrics)
+        stopped = False
         with common.CpuMeter(cluster) as cpu:
             t0 = time.monotonic()
             if label == "oneshot":
                 rows, throttled = oneshot(dsn), {}
             else:
-                result = api.backfill(dsn, MID, settings=BackfillSettings(**fields), metrics=metrics)
-                rows, throttled = result.total_rows, result.throttled_s
+                stop = threading.Event()
+                timer = threading.Timer(max_s, stop.set)
+                timer.start()
+                result = run_backfill(
+                    dsn, MID, BackfillSettings(**fields), metrics=metrics, stop=stop, take_lock=True
+                )
+                timer.cancel()
+                rows, throttled, stopped = result.total_rows, result.throttled_s, result.stopped
             secs = time.monotonic() - t0
         during = [s for s in probe.finish(terminate=True) if s[0] <= secs]
         points = trace.finish()
@@ -159,6 +170,7 @@ def run_case(cluster: Any, label: str, fields: dict[str, Any], parents: int, idl
         else ("budget" if "max_latency_impact" in fields else "pacing"),
         "settings": fields,
         "rows": rows,
+        "stopped_after_max_s": stopped,
         "seconds": round(secs, 2),
         "rows_per_s": round(rows / secs, 1),
         "throttled_s": {k: round(v, 2) for k, v in throttled.items()},
@@ -183,7 +195,15 @@ def main() -> None:
                     "default": None,
                     "help": "comma-separated labels (default: all): " + ", ".join(c for c, _ in CASES),
                 },
-            )
+            ),
+            (
+                "--max-case-s",
+                {
+                    "type": float,
+                    "default": 180.0,
+                    "help": "stop a backfill after this long (its rate stands)",
+                },
+            ),
         ],
     )
     common.quiet_logs()
@@ -204,7 +224,7 @@ def main() -> None:
         for label, fields in CASES:
             if label not in wanted:
                 continue
-            r = run_case(cluster, label, fields, parents, idle_s)
+            r = run_case(cluster, label, fields, parents, idle_s, args.max_case_s)
             cases.append(r)
             print(_line(r, cases[0]["rows_per_s"]), flush=True)
     base = cases[0]["rows_per_s"]
@@ -214,6 +234,7 @@ def main() -> None:
         {
             "parents": parents,
             "children": children,
+            "max_case_s": args.max_case_s,
             "probe": {"ops_per_s": oltp_probe.RATE, "threads": oltp_probe.THREADS, "idle_window_s": idle_s},
             "cases": cases,
             "wall_s": round(time.monotonic() - t_start, 1),

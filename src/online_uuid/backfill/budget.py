@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 Clock = Callable[[], float]
 
 REBASELINE_EVERY_S = 300.0  # the idle baseline is measured again this often...
-REBASELINE_AT_FLOOR_S = 30.0  # ...or this long after the rate fell to its floor (a stale baseline?)
+REBASELINE_AT_FLOOR_S = 15.0  # ...or after this long near the floor (over budget at no load: stale?)
+NEAR_FLOOR = 5.0  # "near the floor": under this many times the floor rate
 
 
 def p99(values: Iterable[float]) -> float:
@@ -140,7 +141,8 @@ class LatencyBudget:
         ratio = seen / baseline_s
         action = self._decide(ratio, achieved)
         self.restart_window()
-        self.floor_since = (self.floor_since or now) if self.rate <= self.floor else None
+        near = self.rate < NEAR_FLOOR * self.floor
+        self.floor_since = (self.floor_since or now) if near else None
         self.last = Step(seen, ratio, self.rate, action)
         return self.last
 
@@ -167,7 +169,11 @@ class LatencyBudget:
         return "slow_start" if self.slow_start else "increase"
 
     def wants_baseline(self, last_baseline_at: float | None) -> bool:
-        """True when the idle baseline should be measured (again) before going on."""
+        """True when the idle baseline should be measured (again) before going on.
+
+        Near the floor the backfill barely loads the server: a canary still over budget there
+        most likely means the application's own load moved, so the baseline is measured again.
+        """
         now = self.clock()
         if last_baseline_at is None or now - last_baseline_at >= REBASELINE_EVERY_S:
             return True
