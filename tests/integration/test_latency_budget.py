@@ -134,6 +134,8 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
         ).fetchone()
         assert canaries == (1,)
     assert state.load(conn, MID).throttle == {"max_latency_impact": 1.5}
+    left = conn.execute("SELECT count(*) FROM online_uuid.canary").fetchone()
+    assert left == (0,)  # the run ended: its heartbeat row is gone
 
 
 @pytest.mark.parametrize("factor", [1.0, 0.5, -2.0])

@@ -33,6 +33,7 @@ INTERVAL_S = 0.02  # 50 beats per second
 SETTLE_S = 1.0  # a beat counts as idle once no batch has run for this long
 BASELINE_SAMPLES = 200  # idle beats each baseline measurement takes (4 s at 50 Hz)
 TIMEOUT_MS = 5000  # a beat that takes longer is cancelled and counted as this long
+MAX_BACKLOG_S = 1.0  # beats queued behind a stall longer than this are dropped, not run in a burst
 INITIAL_RATE = 1000.0  # rows/s the budget starts from (it doubles while under budget)
 DECISION_SAMPLES = 150  # the budget decides on at least this many fresh beats...
 DECISION_MIN_S = 2.0  # ...and at least this often
@@ -164,7 +165,8 @@ class LatencyGuard:
         while not self._stop.is_set():
             with self._lock:
                 active = self.budget is not None
-            if not active:
+            if not active:  # the budget was turned off at runtime: no session, no beats
+                conn = self._drop(conn)
                 self._stop.wait(0.2)
                 due = self.clock()
                 continue
@@ -181,8 +183,12 @@ class LatencyGuard:
                 self._warn(exc)
                 conn = self._drop(conn)
                 self._stop.wait(1.0)
-            due = max(due + INTERVAL_S, self.clock() - INTERVAL_S)  # skip beats missed, no burst
-        self._drop(conn)
+            # Beats queued behind a slow one run at once and count their wait, as an application's
+            # requests would; after a long gap (an error, a reconnect) the schedule starts afresh.
+            due += INTERVAL_S
+            if self.clock() - due > MAX_BACKLOG_S:
+                due = self.clock()
+        self._forget(conn)
 
     def _open(self) -> psycopg.Connection:
         conn = self._connect()
@@ -196,6 +202,22 @@ class LatencyGuard:
     def _drop(conn: psycopg.Connection | None) -> None:
         if conn is not None and not conn.closed:
             conn.close()
+
+    def _forget(self, conn: psycopg.Connection | None) -> None:
+        """The run ends: remove its heartbeat row (best effort) and close the session."""
+        if conn is not None and not conn.closed:
+            try:
+                conn.rollback()
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE migration_id = %s").format(
+                        sql.Identifier(STATE_SCHEMA, "canary")
+                    ),
+                    (self.mid,),
+                )
+                conn.commit()
+            except psycopg.Error:
+                pass
+        self._drop(conn)
 
     def _warn(self, exc: Exception) -> None:
         if isinstance(exc, psycopg.errors.QueryCanceled):
