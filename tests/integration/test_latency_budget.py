@@ -18,11 +18,11 @@ from backfill_schema import (
     create_schema,
     problems,
     rows_done,
-    wait_for,
 )
 from psycopg import sql
 from typer.testing import CliRunner
 
+from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import canary, control
 from online_uuid.cli import app
