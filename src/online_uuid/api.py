@@ -139,18 +139,23 @@ def start(
             if metrics:
                 metrics.set_phase(state.load(conn, mid).phase)
             if settings.backfill:
-                _run_backfill(dsn, mid, backfill_settings or BackfillSettings(), metrics, progress)
+                _run_backfill(dsn, mid, backfill_settings or BackfillSettings(), metrics, progress, conn)
     finally:
         conn.close()
     return mid
 
 
 def _run_backfill(
-    dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any
+    dsn: str,
+    mid: str,
+    settings: BackfillSettings,
+    metrics: Metrics | None,
+    progress: Any,
+    lock_conn: psycopg.Connection,
 ) -> BackfillResult:
     from .backfill import run_backfill
 
-    return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress)
+    return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress, lock_conn=lock_conn)
 
 
 def backfill(
@@ -165,7 +170,7 @@ def backfill(
     settings = settings or BackfillSettings()
     with _session(dsn, migration, "control") as (conn, mid):
         _check_throttle_query(conn, settings.throttle_query)
-        return _run_backfill(dsn, mid, settings, metrics, progress)
+        return _run_backfill(dsn, mid, settings, metrics, progress, conn)
 
 
 def verify(

@@ -32,6 +32,10 @@ def connect(dsn: str, application_name: str = "online-uuid", autocommit: bool = 
     return conn
 
 
+class LockLost(psycopg.OperationalError):
+    """The session holding a migration's advisory lock is gone (restart, terminated): take it again."""
+
+
 TRANSIENT = (
     pgerrors.DeadlockDetected,
     pgerrors.SerializationFailure,
@@ -46,6 +50,8 @@ TRANSIENT = (
 
 def error_kind(exc: BaseException) -> str:
     """A short label for metrics and logs (e.g. deadlock, lock_timeout, connection)."""
+    if isinstance(exc, LockLost):
+        return "lock_lost"
     if isinstance(exc, pgerrors.DeadlockDetected):
         return "deadlock"
     if isinstance(exc, pgerrors.SerializationFailure):

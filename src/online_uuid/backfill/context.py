@@ -26,6 +26,7 @@ from ..metrics import Metrics
 from ..model import Plan
 from ..naming import application_name
 from ..settings import BackfillSettings
+from .lock import LockHolder
 from .progress import Progress
 from .signals import SignalReader
 from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Signals, eta_seconds
@@ -37,6 +38,7 @@ RETRY_FOR_S = 300.0  # transient errors are retried this long before the backfil
 PUBLISH_EVERY_S = 5.0
 WARN_EVERY_S = 60.0
 ERROR_KINDS = (
+    "lock_lost",
     "deadlock",
     "serialization",
     "lock_timeout",
@@ -98,12 +100,13 @@ class RunContext:
         self.totals = Totals()
         self.board = Board(self)
         self.replica = False  # sessions on the primary SET session_replication_role = replica
+        self.lock: LockHolder | None = None  # set when the run holds the migration's lock
         self._remaining: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def connect(self, dsn: str | None = None) -> psycopg.Connection:
+    def connect(self, dsn: str | None = None, role: str = "backfill") -> psycopg.Connection:
         try:
-            conn = db.connect(dsn or self.dsn, application_name(self.mid, "backfill"))
+            conn = db.connect(dsn or self.dsn, application_name(self.mid, role))
         except RefusedError:
             raise
         except OnlineUuidError as exc:
@@ -138,8 +141,18 @@ class RunContext:
         if eta is not None:
             self.metrics.eta.set(eta)
 
+    def ensure_lock(self) -> None:
+        """Before writing on a new session or after an error: the migration's lock is (again) ours."""
+        if self.lock is not None:
+            self.lock.ensure()
+
+    def lock_ref(self) -> tuple[int, str] | None:
+        return self.lock.ref() if self.lock is not None else None
+
     def close(self) -> None:
         self.reader.close()
+        if self.lock is not None:
+            self.lock.close()
 
 
 class Session:
@@ -148,10 +161,15 @@ class Session:
     def __init__(self, ctx: RunContext, name: str, on_retry: Callable[[str], None] | None = None):
         self.ctx, self.name, self._on_retry = ctx, name, on_retry
         self.conn: psycopg.Connection | None = None
+        self._check_lock = True
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = self.ctx.connect()
+            self._check_lock = True
+        if self._check_lock:  # a new session, or the last call failed: was the server restarted?
+            self.ctx.ensure_lock()
+            self._check_lock = False
         return self.conn
 
     def call(self, fn: Callable[[psycopg.Connection], T]) -> T:
@@ -171,6 +189,7 @@ class Session:
         kind = db.error_kind(exc) if exc else "other"
         self.ctx.metrics.errors.labels(kind=kind).inc()
         self.ctx.totals.add_retry()
+        self._check_lock = True
         first = str(exc).strip().splitlines()[0] if exc and str(exc).strip() else kind
         log.warning(
             "transient error, retrying", session=self.name, kind=kind, error=first, attempt=rs.attempt_number

@@ -164,7 +164,7 @@ class Worker:
                 return batch.BatchResult(0, None, 0, True)
             size = min(self.sizer.size, batch_cap(eff))
             started[0] = time.monotonic()
-            return batch.run(conn, ctx.mid, self.job, st, size, self.update, timeout)
+            return batch.run(conn, ctx.mid, self.job, st, size, self.update, timeout, ctx.lock_ref())
 
         res = self.session.call(once)
         elapsed = time.monotonic() - started[0]
