@@ -28,7 +28,8 @@ RATE = "8000"  # rows/s: the run lasts ~8 s, the fault lands in its first half
 
 @pytest.fixture
 def cluster() -> Iterator[TempCluster]:
-    with TempCluster() as c:
+    # (synchronous_commit on: a crash must not lose what the run saw committed)
+    with TempCluster(settings={"synchronous_commit": "on"}) as c:
         yield c
 
 

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ..db import LockLost
+from ..db import LockLost, restore
 from ..model import BackfillJob
 from ..naming import STATE_SCHEMA
 from .keyset import build_upper_bound
@@ -235,4 +235,4 @@ def vacuum(conn: psycopg.Connection, job: BackfillJob) -> None:
     try:
         conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(job.table.ident))
     finally:
-        conn.execute("RESET statement_timeout")
+        restore(conn, "statement_timeout")

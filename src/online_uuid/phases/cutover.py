@@ -18,9 +18,9 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import catalog, naming, state
+from .. import catalog, db, naming, state
 from .. import statements as s
-from ..errors import LockTimeoutError, StateError, TriggersChangedError
+from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
@@ -322,8 +322,8 @@ class _ReleaseProbe:
         self._thread: threading.Thread | None = None
         try:
             dsn = make_conninfo(conn.info.dsn, password=conn.info.password or None)
-            self._conn: psycopg.Connection | None = psycopg.connect(dsn, application_name=name)
-        except psycopg.Error:
+            self._conn: psycopg.Connection | None = db.connect(dsn, name, autocommit=False)
+        except (psycopg.Error, OnlineUuidError):
             self._conn = None  # measuring is best effort; the swap never depends on it
         self._table = table
 
