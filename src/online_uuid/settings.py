@@ -51,6 +51,7 @@ class StartSettings:
     cascade_deletes: bool = False
     backfill: bool = True
     allow_trigger_side_effects: bool = False  # let the backfill fire user triggers (no replica role)
+    subscribers_prepared: bool = False  # the subscribers of publications carrying the tables are ready
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):

@@ -12,10 +12,11 @@ from .. import state
 from .. import statements as s
 from ..backfill import role
 from ..catalog import read_column, read_table_ref
-from ..errors import StateError
+from ..errors import RefusedError, StateError
 from ..executor import Executor, Step
 from ..model import Phase, Plan
 from ..plan import build_plan
+from ..replication import subscriber_ddl
 from ..settings import LockSettings, StartSettings
 
 log = structlog.get_logger("online_uuid")
@@ -128,6 +129,8 @@ def prepare_migration(
     fired = plan.backfill_side_effects()
     if fired and not settings.allow_trigger_side_effects:
         raise role.refusal(conn, fired, plan.backfill_replica)
+    if not settings.subscribers_prepared:
+        refuse_unprepared_subscribers(conn, plan)
     mid = migration or default_migration_name(plan)
     state.ensure_schema(conn)
     options: dict[str, Any] = {
@@ -137,6 +140,23 @@ def prepare_migration(
     }
     state.create(conn, mid, plan, options)
     return mid, plan, False
+
+
+def refuse_unprepared_subscribers(conn: psycopg.Connection, plan: Plan) -> None:
+    """A publication carrying a converted table: its subscribers need the shadow columns first."""
+    if not plan.publications:
+        return
+    parts = []
+    for pub in plan.publications:
+        ddl = "; ".join(st.as_string(conn) for st in subscriber_ddl(plan, pub))
+        tables = ", ".join(t.display() for t in pub.tables)
+        parts.append(
+            f"publication {pub.name} ({pub.scope}) carries {tables}: on each of its subscribers run {ddl}"
+        )
+    raise RefusedError(
+        "; ".join(parts) + "; then rerun start with --subscribers-prepared (logical replication stops "
+        "at the first row with a column its subscriber lacks; see docs/replication.md)"
+    )
 
 
 def run_expand(conn: psycopg.Connection, mid: str, plan: Plan, lock: LockSettings) -> None:
