@@ -34,6 +34,7 @@ __all__ = [
     "backfill",
     "cutover",
     "cutover_check",
+    "cutover_sessions_at_risk",
     "finalize",
     "pause",
     "plan",
@@ -219,6 +220,12 @@ def cutover_check(
         return cutover_phase.check(conn, mid, state.load(conn, mid).plan, settings or CutoverSettings())
 
 
+def cutover_sessions_at_risk(dsn: str, migration: str | None = None) -> list[dict[str, Any]]:
+    """Sessions whose prepared statements on the converted tables would fail after the swap."""
+    with _session(dsn, migration, "cutover", lock=False) as (conn, mid):
+        return cutover_phase.sessions_at_risk(conn, state.load(conn, mid).plan)
+
+
 def cutover(
     dsn: str,
     migration: str | None = None,
@@ -244,7 +251,6 @@ def cutover(
         result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics, guard=guard)
         if metrics:
             metrics.set_phase(Phase.CUT_OVER)
-        cutover_phase.reset_idle_sessions(conn, settings.reset_idle_sessions)
         return result
 
 

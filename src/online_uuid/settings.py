@@ -92,5 +92,6 @@ class BackfillSettings:
 class CutoverSettings:
     lock: LockSettings = LockSettings()
     terminate_blockers: bool = False
-    reset_idle_sessions: tuple[str, ...] = ()
+    reset_idle_sessions: tuple[str, ...] = ()  # deprecated: reset_sessions ends busy ones too
+    reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end right after the swap
     max_transaction_age_s: float = 60.0

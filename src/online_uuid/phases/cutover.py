@@ -227,6 +227,7 @@ class SwapResult:
     lock_held_s: float
     attempts: int
     blockers_terminated: list[int] = field(default_factory=list)
+    sessions_reset: list[int] = field(default_factory=list)
 
 
 def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
@@ -304,10 +305,14 @@ def run_swap(
         terminated=terminated,
         on_busy=busy,
     )
+    reset = reset_sessions(conn, settings.reset_sessions)
+    reset += reset_sessions(conn, settings.reset_idle_sessions, idle_only=True)
     if metrics:
         metrics.cutover_attempts.labels(outcome="success").inc()
         metrics.lock_held.set(held)
-    return SwapResult(lock_held_s=held, attempts=attempts, blockers_terminated=terminated)
+    return SwapResult(
+        lock_held_s=held, attempts=attempts, blockers_terminated=terminated, sessions_reset=reset
+    )
 
 
 class _ReleaseProbe:
@@ -400,16 +405,42 @@ def _swap_once(
     return committed - locked_at
 
 
-def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...]) -> int:
-    """Terminate idle sessions of named applications so pools reconnect without stale plans."""
+def reset_sessions(
+    conn: psycopg.Connection, applications: tuple[str, ...], idle_only: bool = False
+) -> list[int]:
+    """End the sessions of the named applications (idle or busy), right after the swap committed.
+
+    Their prepared statements still return the old column types ("cached plan must not change result
+    type" on every execution); a pool replaces a terminated connection, not one that merely errors.
+    """
     if not applications:
-        return 0
+        return []
     rows = conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'idle' AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
-        (list(applications),),
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND application_name = ANY(%s) "
+        "AND NOT starts_with(application_name, 'online-uuid/') AND pid <> pg_backend_pid() "
+        "AND (NOT %s OR state = 'idle') AND pg_terminate_backend(pid)",
+        (list(applications), idle_only),
     ).fetchall()
-    return len(rows)
+    pids = [int(r[0]) for r in rows]
+    log.info("ended sessions so they drop their prepared plans", applications=list(applications), pids=pids)
+    return pids
+
+
+def sessions_at_risk(conn: psycopg.Connection, plan: Plan) -> list[dict[str, Any]]:
+    """Client sessions of roles with privileges on a converted table (ours excluded): their prepared
+    statements on these tables fail after the swap until the session resets."""
+    oids = [o for t in plan.tables() if (o := catalog.read_table_ref(conn, t)) is not None]
+    rows = conn.execute(
+        "SELECT a.pid, a.application_name, a.usename, a.state FROM pg_stat_activity a "
+        "WHERE a.datname = current_database() AND a.backend_type = 'client backend' "
+        "AND a.pid <> pg_backend_pid() AND NOT starts_with(a.application_name, 'online-uuid/') "
+        "AND EXISTS (SELECT 1 FROM unnest(%s::oid[]) AS t(oid) "
+        "WHERE has_table_privilege(a.usesysid, t.oid, 'SELECT, INSERT, UPDATE, DELETE')) "
+        "ORDER BY a.application_name, a.pid",
+        (oids,),
+    ).fetchall()
+    return [{"pid": int(p), "application_name": a or "", "role": u, "state": st} for p, a, u, st in rows]
 
 
 def run_cutover(
@@ -477,6 +508,12 @@ def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSetti
                 problems.append(f"index {name} is INVALID (an interrupted build); cutover rebuilds it")
     lag = catalog.read_lagging_standbys(conn, STANDBY_LAG_S)
     problems += [f"standby {name} lags {secs:.1f} s" for name, secs in lag]
+    problems += [
+        f"publication {pub.name} carries {', '.join(t.display() for t in pub.tables)}: the swap renames "
+        "and retypes replicated columns, so its subscribers stop applying until they get the same swap "
+        "(docs/replication.md)"
+        for pub in plan.publications
+    ]
     oids = [o for t in plan.tables() if (o := catalog.read_table_ref(conn, t)) is not None]
     problems += [
         f"pid {h.pid} ({h.application_name or '-'}) holds a lock on the tables in a transaction "
