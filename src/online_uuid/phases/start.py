@@ -123,12 +123,19 @@ def prepare_migration(
         _check_same_tables(conn, tables, existing)
         recheck(conn, existing.plan)
         return existing.id, existing.plan, True
-    plan = build_plan(
-        conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
-    )
-    fired = plan.backfill_side_effects()
-    if fired and not settings.allow_trigger_side_effects:
-        raise role.refusal(conn, fired, plan.backfill_replica)
+    try:
+        plan = build_plan(
+            conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
+        )
+        fired = plan.backfill_side_effects()
+        if fired and not settings.allow_trigger_side_effects:
+            raise role.refusal(conn, fired, plan.backfill_replica)
+    except RefusedError:
+        # Two starts at once: the other one's triggers appeared between our look for a migration
+        # and the plan. Resume that migration (its lock then tells whether the other still runs).
+        if find_resumable(conn, tables) is not None:
+            return prepare_migration(conn, tables, migration, settings)
+        raise
     if not settings.subscribers_prepared:
         refuse_unprepared_subscribers(conn, plan)
     mid = migration or default_migration_name(plan)
