@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -112,6 +116,45 @@ class LockLost(psycopg.OperationalError):
     """The session holding a migration's advisory lock is gone (restart, terminated): take it again."""
 
 
+class Stalled(psycopg.OperationalError):
+    """No answer from the server within the client-side deadline (a hung network path or proxy)."""
+
+
+@contextmanager
+def deadline(conn: psycopg.Connection, seconds: float | None) -> Iterator[None]:
+    """Cut `conn` off if a call on it gets no answer within `seconds` (None: no limit).
+
+    TCP keepalives and tcp_user_timeout notice a dead peer, but not a path that keeps the connection
+    open and acknowledges without answering; shutting the socket down wakes the waiting call, which
+    then raises Stalled.
+    """
+    if seconds is None:
+        yield
+        return
+    fired = threading.Event()
+
+    def sever() -> None:
+        fired.set()
+        with suppress(OSError, psycopg.Error):
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    timer = threading.Timer(seconds, sever)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if fired.is_set():
+            raise Stalled(
+                f"no answer from the server in {seconds:.0f} s (a stalled network path or proxy?)"
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
+
+
 TRANSIENT = (
     pgerrors.DeadlockDetected,
     pgerrors.SerializationFailure,
@@ -128,6 +171,8 @@ def error_kind(exc: BaseException) -> str:
     """A short label for metrics and logs (e.g. deadlock, lock_timeout, connection)."""
     if isinstance(exc, LockLost):
         return "lock_lost"
+    if isinstance(exc, Stalled):
+        return "stalled"
     if isinstance(exc, pgerrors.DeadlockDetected):
         return "deadlock"
     if isinstance(exc, pgerrors.SerializationFailure):

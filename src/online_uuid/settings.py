@@ -76,6 +76,8 @@ class BackfillSettings:
     vacuum_every_pct: float = 5.0
     workers: int = 1
     barrier_timeout_s: float = 3600.0
+    retry_for_s: float = 300.0  # lost connections, restarts, cancellations: retried this long
+    stall_timeout_s: float = 30.0  # no answer this long past a batch's statement timeout: cut off
 
     def __post_init__(self) -> None:
         if not 0 < self.min_batch_size <= self.max_batch_size:
@@ -84,6 +86,8 @@ class BackfillSettings:
             raise RefusedError("--target-batch-ms must be positive")
         if self.nice_ratio < 0:
             raise RefusedError("--nice-ratio must be zero or positive")
+        if self.retry_for_s < 0 or self.stall_timeout_s <= 0:
+            raise RefusedError("--retry-for must be zero or positive and --stall-timeout positive")
         if self.workers < 1:
             raise RefusedError("--workers must be at least 1")
 

@@ -19,6 +19,9 @@ from .lock import build_held_check
 from .signals import read_blocked_by_me
 
 LOCK_TIMEOUT = "2s"
+# A batch whose client stops answering mid-transaction (a stalled network) must not keep its row
+# locks: the server ends the session after this long idle in the batch's transaction.
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
 INT8_MAX = 2**63 - 1
 
 
@@ -199,11 +202,19 @@ def run(
         row = conn.execute(
             sql.SQL(
                 "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
+                "set_config('idle_in_transaction_session_timeout', %s, true), "
                 "set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true), {}"
             ).format(held),
-            (LOCK_TIMEOUT, f"{statement_timeout_ms}ms", probes_only, probes_only, *(lock or ())),
+            (
+                LOCK_TIMEOUT,
+                f"{statement_timeout_ms}ms",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+                probes_only,
+                probes_only,
+                *(lock or ()),
+            ),
         ).fetchone()
-        if not (row and row[4]):
+        if not (row and row[5]):
             raise LockLost(f"the session holding the lock of migration {mid} is gone")
         row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
         hi = row[0] if row else None

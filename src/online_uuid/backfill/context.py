@@ -34,11 +34,11 @@ from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Sig
 log = structlog.get_logger("online_uuid.backfill")
 T = TypeVar("T")
 
-RETRY_FOR_S = 300.0  # transient errors are retried this long before the backfill gives up
 PUBLISH_EVERY_S = 5.0
 WARN_EVERY_S = 60.0
 ERROR_KINDS = (
     "lock_lost",
+    "stalled",
     "deadlock",
     "serialization",
     "lock_timeout",
@@ -47,6 +47,11 @@ ERROR_KINDS = (
     "connection",
     "other",
 )
+
+
+def statement_timeout_ms(lim: BackfillSettings) -> int:
+    """Generous per-batch statement timeout: a runaway batch is cancelled, shrunk and retried."""
+    return max(10_000, 25 * lim.target_batch_ms)
 
 
 class ReconnectFailed(psycopg.OperationalError):
@@ -119,6 +124,11 @@ class RunContext:
             conn.execute("SET session_replication_role = replica")
         return conn
 
+    def call_deadline_s(self) -> float:
+        """How long any call of the run may wait for an answer: a batch's statement timeout, plus
+        `stall_timeout_s` for the network."""
+        return statement_timeout_ms(self.settings) / 1000 + self.settings.stall_timeout_s
+
     def halted(self) -> bool:
         return self.stop.is_set() or self.abort.is_set()
 
@@ -172,16 +182,22 @@ class Session:
             self._check_lock = False
         return self.conn
 
-    def call(self, fn: Callable[[psycopg.Connection], T]) -> T:
+    def call(self, fn: Callable[[psycopg.Connection], T], deadline_s: float | None = -1.0) -> T:
+        """fn(connection), retried on transient errors; a call that gets no answer within
+        `deadline_s` (default: RunContext.call_deadline_s; None: no limit)
+        is cut off as stalled and retried on a new session."""
+        limit = self.ctx.call_deadline_s() if deadline_s is not None and deadline_s < 0 else deadline_s
         for attempt in Retrying(
             retry=retry_if_exception(db.is_transient),
             wait=wait_exponential(multiplier=0.2, max=10.0) + wait_random(0, 0.3),
-            stop=stop_after_delay(RETRY_FOR_S),
+            stop=stop_after_delay(self.ctx.settings.retry_for_s),
             before_sleep=self._before_sleep,
             reraise=True,
         ):
             with attempt:
-                return fn(self._connection())
+                conn = self._connection()
+                with db.deadline(conn, limit):
+                    return fn(conn)
         raise AssertionError("unreachable")
 
     def _before_sleep(self, rs: RetryCallState) -> None:
