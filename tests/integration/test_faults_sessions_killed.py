@@ -67,7 +67,7 @@ def _phase(conn: psycopg.Connection) -> str:
 
 
 def _schema(conn: psycopg.Connection) -> None:
-    h.create_schema(conn, h.PUBLIC, rows=2000)
+    h.create_schema(conn, h.PUBLIC, rows=20_000)
 
 
 def test_cutover_under_sessions_terminated_every_300ms(dsn: str, conn: psycopg.Connection) -> None:
