@@ -22,7 +22,7 @@ from . import api
 from .errors import EXIT_FAILURE, EXIT_REFUSED, OnlineUuidError
 from .log import configure
 from .metrics import Metrics
-from .render import print_plan, print_status, print_verify
+from .render import print_cutover_check, print_plan, print_status, print_verify
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings, redact, resolve_dsn
 
 app = typer.Typer(
@@ -152,6 +152,22 @@ BarrierTimeout = Annotated[
         help=f"Seconds to wait for old transactions at the barrier (default {_BF.barrier_timeout_s:g}).",
     ),
 ]
+StallTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--stall-timeout",
+        help="Seconds past a batch's statement timeout with no answer from the server before the call "
+        f"is cut off and retried on a new session (default {_BF.stall_timeout_s:g}).",
+    ),
+]
+RetryTransientFor = Annotated[
+    float | None,
+    typer.Option(
+        "--retry-transient-for",
+        help="Seconds lost connections, server restarts and cancellations are retried before the "
+        f"backfill stops (default {_BF.retry_for_s:g}).",
+    ),
+]
 # Parameter name (= BackfillSettings field) -> its option, in the order `--help` lists them.
 BACKFILL_OPTIONS: dict[str, Any] = {
     "target_batch_ms": TargetBatchMs,
@@ -168,6 +184,8 @@ BACKFILL_OPTIONS: dict[str, Any] = {
     "vacuum_every_pct": VacuumEvery,
     "workers": Workers,
     "barrier_timeout_s": BarrierTimeout,
+    "stall_timeout_s": StallTimeout,
+    "retry_for_s": RetryTransientFor,
 }
 # What `throttle` changes in a running backfill (the others are read once, at start).
 RUNTIME_OPTIONS = (
@@ -308,6 +326,13 @@ def start(
             help="Backfill although it fires user triggers (no session_replication_role privilege).",
         ),
     ] = False,
+    subscribers_prepared: Annotated[
+        bool,
+        typer.Option(
+            "--subscribers-prepared",
+            help="Publications carry these tables and every subscriber already has the shadow columns.",
+        ),
+    ] = False,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -324,6 +349,7 @@ def start(
             cascade_deletes=cascade_deletes,
             backfill=not no_backfill,
             allow_trigger_side_effects=allow_trigger_side_effects,
+            subscribers_prepared=subscribers_prepared,
         )
     )
     lock = _run(
@@ -483,11 +509,19 @@ def cutover(
         bool,
         typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock."),
     ] = False,
+    reset_sessions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reset-sessions",
+            help="application_name whose sessions, idle or busy, end right after the swap so pools "
+            "reconnect without stale prepared plans (repeatable).",
+        ),
+    ] = None,
     reset_idle_sessions: Annotated[
         list[str] | None,
         typer.Option(
             "--reset-idle-sessions",
-            help="application_name whose idle sessions to end after the swap (repeatable).",
+            help="Deprecated: ends only idle sessions of this application_name; use --reset-sessions.",
         ),
     ] = None,
     max_transaction_age: Annotated[
@@ -515,14 +549,16 @@ def cutover(
         lock=lock,
         terminate_blockers=terminate_blockers,
         reset_idle_sessions=tuple(reset_idle_sessions or ()),
+        reset_sessions=tuple(reset_sessions or ()),
         max_transaction_age_s=max_transaction_age,
     )
     if check:
         problems = _run(lambda: api.cutover_check(d, migration, settings))
+        at_risk = _run(lambda: api.cutover_sessions_at_risk(d, migration))
         _emit(
-            {"ok": not problems, "problems": problems},
+            {"ok": not problems, "problems": problems, "sessions_at_risk": at_risk},
             as_json,
-            lambda: out.print("\n".join(problems) or "nothing blocks a cutover now"),
+            lambda: print_cutover_check(problems, at_risk, out),
         )
         if problems:
             raise typer.Exit(EXIT_FAILURE)
@@ -535,15 +571,16 @@ def cutover(
         "lock_held_ms": round(result.lock_held_s * 1000, 1),
         "attempts": result.attempts,
         "terminated": result.blockers_terminated,
+        "sessions_reset": result.sessions_reset,
     }
     _emit(
         doc,
         as_json,
         lambda: out.print(
-            f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s). "
-            "Sessions holding prepared `SELECT *` / `RETURNING id` plans may see "
-            "'cached plan must not change "
-            "result type' until they reconnect (see --reset-idle-sessions). Next: online-uuid finalize, or "
+            f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s); "
+            f"{len(result.sessions_reset)} session(s) reset. Sessions holding prepared plans of these "
+            "tables get 'cached plan must not change result type' until they reconnect "
+            "(--reset-sessions APP; docs/drivers.md). Next: online-uuid finalize, or "
             "online-uuid rollback to go back."
         ),
     )

@@ -194,3 +194,18 @@ def print_surroundings(plan: Plan, console: Console) -> None:
             f"[yellow]subscription[/yellow] {sub} writes into this database: a converted table it "
             "receives needs the same change on its publisher first"
         )
+
+
+def print_cutover_check(problems: list[str], at_risk: list[dict[str, Any]], console: Console) -> None:
+    """What blocks a cutover, then the sessions whose prepared statements the swap would break."""
+    console.print("\n".join(problems) or "nothing blocks a cutover now", markup=False)
+    apps: dict[tuple[str, str], list[int]] = {}
+    for s in at_risk:
+        apps.setdefault((s["application_name"] or "-", s["role"] or "-"), []).append(s["pid"])
+    for (app, role), pids in sorted(apps.items()):
+        console.print(
+            f"at risk after the swap: application {app} (role {role}), pids "
+            f"{', '.join(map(str, pids))}: prepared statements fail until the session resets "
+            f"(--reset-sessions {app})",
+            markup=False,
+        )

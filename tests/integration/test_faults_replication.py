@@ -123,3 +123,17 @@ def test_a_prepared_subscriber_keeps_replicating_through_start(
         "the children",
     )
     assert len(want) == 51 and all(u is not None for _, u in want)
+
+
+def test_cli_start_refuses_then_goes_on_with_subscribers_prepared(dsn: str, conn: psycopg.Connection) -> None:
+    _seed(conn)
+    conn.execute("CREATE PUBLICATION pub FOR TABLE parent, child")
+    refused = h.invoke_cli("start", "--dsn", dsn, "-t", "parent")
+    assert refused.returncode == 2
+    lines = h.error_lines(refused.stderr)
+    assert len(lines) == 1 and "publication pub" in lines[0] and "ADD COLUMN" in lines[0], refused.stderr
+    assert conn.execute("SELECT to_regnamespace('online_uuid')").fetchone() == (None,)
+    done = h.invoke_cli("start", "--dsn", dsn, "-t", "parent", "--subscribers-prepared")
+    assert done.returncode == 0, done.stderr
+    check = h.invoke_cli("cutover", "--check", "--dsn", dsn)
+    assert check.returncode == 1 and "publication pub carries" in check.stdout
