@@ -203,9 +203,9 @@ def print_cutover_check(problems: list[str], at_risk: list[dict[str, Any]], cons
     for s in at_risk:
         apps.setdefault((s["application_name"] or "-", s["role"] or "-"), []).append(s["pid"])
     for (app, role), pids in sorted(apps.items()):
+        fix = f"--reset-sessions {app}" if app != "-" else "no application_name: set one to reset them"
         console.print(
             f"at risk after the swap: application {app} (role {role}), pids "
-            f"{', '.join(map(str, pids))}: prepared statements fail until the session resets "
-            f"(--reset-sessions {app})",
+            f"{', '.join(map(str, pids))}: prepared statements fail until the session resets ({fix})",
             markup=False,
         )

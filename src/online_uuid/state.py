@@ -15,12 +15,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import catalog
+from .db import deadline
 from .errors import ConcurrentRunError, StateError
 from .model import ACTIVE_PHASES, Phase, Plan, TableRef, can_move
 from .naming import STATE_SCHEMA, advisory_key
 from .templates import render
 
 SCHEMA_VERSION = 1
+UNLOCK_DEADLINE_S = 10.0
 
 
 def _t(name: str) -> sql.Identifier:
@@ -305,5 +307,6 @@ def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 
         yield
     finally:
         if not conn.closed and not conn.broken:
-            with suppress(psycopg.OperationalError):
+            # (a stalled connection must not hang the command's exit: closing it frees the lock too)
+            with suppress(psycopg.OperationalError), deadline(conn, UNLOCK_DEADLINE_S):
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (advisory_key(migration_id),))

@@ -11,13 +11,14 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 import helpers as h
-from online_uuid.embedded import TempCluster, find_pg_bin
+from online_uuid.embedded import TempCluster, find_pg_bin, free_port
 from online_uuid.naming import advisory_key
 
 pytestmark = pytest.mark.skipif(find_pg_bin() is None, reason="needs local PostgreSQL binaries (pg_ctl)")
@@ -101,11 +102,23 @@ def _mid_run(dsn: str) -> None:
     h.wait_for(lambda: _rows_done(dsn) > 2000, 60, "the backfill to get going")
 
 
+def _errors_by_kind(port: int) -> dict[str, float]:
+    """online_uuid_errors_total{kind} as the run's /metrics serves it now."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    found = re.findall(r'^online_uuid_errors_total\{kind="(\w+)"[^}]*\} ([0-9.e+]+)$', text, re.M)
+    return {k: float(v) for k, v in found}
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"], ids=["restart-fast", "crash-immediate"])
 def test_backfill_survives_a_server_restart(cluster: TempCluster, mode: str) -> None:
     dsn = cluster.dsn_for("postgres")
     _seed(dsn)
-    proc = _spawn_backfill(dsn)
+    port = free_port()
+    proc = _spawn_backfill(dsn, "--metrics-port", str(port))
     _mid_run(dsn)
     before = _rows_done(dsn)
     cluster.restart(mode)
@@ -114,6 +127,11 @@ def test_backfill_survives_a_server_restart(cluster: TempCluster, mode: str) -> 
     holders = h.wait_for(lambda: _lock_holders(dsn), 10, "the run to take its lock again")
     assert all(a.startswith("online-uuid/parent/") for a in holders), holders
     assert _rows_done(dsn) >= before
+    # the metrics say what happened, while the run goes on
+    kinds = h.wait_for(
+        lambda: {k for k, v in _errors_by_kind(port).items() if v > 0}, 10, "the errors in /metrics"
+    )
+    assert kinds <= {"server_restart", "connection", "lock_lost"}, kinds
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert _filled(dsn) == (0, 0, "backfilled")

@@ -53,7 +53,7 @@ def test_a_backfill_whose_connection_stalls_gives_up_and_resumes(dsn: str, conn:
         stall_timeout_s=2,
     )
     with StallingProxy(_port(dsn)) as proxy:
-        run = Running(_via(dsn, proxy), settings)
+        run = Running(_via(dsn, proxy), settings, take_lock=True)  # its lock session stalls too
         with run:
             h.wait_for(
                 lambda: scalar(conn, "SELECT coalesce(sum(rows_done), 0) FROM online_uuid.backfill") > 2000
@@ -72,7 +72,7 @@ def test_a_backfill_whose_connection_stalls_gives_up_and_resumes(dsn: str, conn:
     done = jobs(conn)["key:App Data.Parent.select"]["rows_done"]
     filled = scalar(conn, 'SELECT count(*) FROM "App Data"."Parent" WHERE select_uuid IS NOT NULL')
     assert done == filled  # each batch's rows and its cursor committed together, or neither
-    with Running(dsn, BackfillSettings(vacuum_every_pct=0)) as again:
+    with Running(dsn, BackfillSettings(vacuum_every_pct=0), take_lock=True) as again:
         again.join(120)
     assert problems(conn) == ALL_ZERO
     assert jobs(conn)["key:App Data.Parent.select"]["rows_done"] == len(keys)

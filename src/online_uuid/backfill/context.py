@@ -210,7 +210,9 @@ class Session:
         log.warning(
             "transient error, retrying", session=self.name, kind=kind, error=first, attempt=rs.attempt_number
         )
-        if kind in ("connection", "server_restart") or (self.conn is not None and self.conn.broken):
+        if kind in ("connection", "server_restart", "stalled") or (
+            self.conn is not None and self.conn.broken
+        ):
             self.close()
         if self._on_retry:
             self._on_retry(kind)

@@ -9,11 +9,13 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from .. import state
+from .. import db, state
 from ..errors import ConcurrentRunError
 from ..naming import advisory_key
 
 log = structlog.get_logger("online_uuid.backfill")
+
+CHECK_DEADLINE_S = 10.0  # the lock check is one tiny query: no answer this long means a stalled path
 
 
 def build_held_check() -> sql.Composed:
@@ -52,13 +54,22 @@ class LockHolder:
         if c.closed or c.broken:
             return False
         try:
-            return state.holds_lock(c, self.mid)
+            with db.deadline(c, CHECK_DEADLINE_S):
+                return state.holds_lock(c, self.mid)
         except psycopg.OperationalError:
             return False
 
     def _take(self) -> None:
         conn = self._connect()  # ReconnectFailed while the server is still down: retried by the caller
         try:
+            # Our old session may still be there, holding the lock (a stalled network path keeps it
+            # open on the server): end it, it is ours.
+            conn.execute(
+                sql.SQL("SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.pid = %s AND {}").format(
+                    state.LOCK_MATCH
+                ),
+                (self.pid, self.key),
+            )
             state.take_lock(conn, self.mid)
         except ConcurrentRunError:
             who = state.lock_holder(conn, self.mid)
