@@ -39,6 +39,7 @@ __all__ = [
     "pause",
     "plan",
     "plan_sql",
+    "plan_subscriber_sql",
     "resume",
     "rollback",
     "start",
@@ -79,6 +80,14 @@ def plan(dsn: str, tables: Sequence[str], *, uuid_version: str = "v4", cascade_d
     """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
     with connect(dsn, "online-uuid/plan") as conn:
         return build_plan(conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes)
+
+
+def plan_subscriber_sql(dsn: str, p: Plan) -> str:
+    """What each subscriber of a publication carrying these tables runs before `start`."""
+    from .replication import subscriber_script
+
+    with connect(dsn, "online-uuid/plan") as conn:
+        return subscriber_script(conn, p)
 
 
 def plan_sql(dsn: str, p: Plan) -> str:

@@ -291,6 +291,13 @@ def plan(
     dsn: Dsn = None,
     as_json: Json = False,
     as_sql: Annotated[bool, typer.Option("--sql", help="Print every statement; execute nothing.")] = False,
+    subscriber_sql: Annotated[
+        bool,
+        typer.Option(
+            "--subscriber-sql",
+            help="Print what each subscriber of a publication carrying these tables runs before `start`.",
+        ),
+    ] = False,
     uuid: Uuid = "v4",
     cascade_deletes: CascadeDeletes = False,
     log_format: LogFormat = "console",
@@ -304,6 +311,9 @@ def plan(
     )
     if as_sql:
         out.print(_run(lambda: api.plan_sql(d, p)), markup=False, highlight=False)
+        return
+    if subscriber_sql:
+        out.print(_run(lambda: api.plan_subscriber_sql(d, p)), markup=False, highlight=False)
         return
     _emit(plan_json(p), as_json, lambda: print_plan(p, out))
 

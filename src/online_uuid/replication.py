@@ -11,6 +11,10 @@ import psycopg
 from psycopg import sql
 
 from .model import Plan, PublicationUse, TableRef
+from .naming import STATE_SCHEMA
+from .templates import render
+
+ALL_TABLES = "FOR ALL TABLES"
 
 
 def read_publications(conn: psycopg.Connection, tables: list[TableRef]) -> list[PublicationUse]:
@@ -57,3 +61,34 @@ def subscriber_ddl(plan: Plan, pub: PublicationUse) -> list[sql.Composed]:
         sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} uuid").format(t.ident, sql.Identifier(c))
         for t, c in cols
     ]
+
+
+def carries_state_schema(plan: Plan) -> bool:
+    """A FOR ALL TABLES publication also sends the rows of online-uuid's own state tables."""
+    return any(p.scope == ALL_TABLES for p in plan.publications)
+
+
+def build_subscriber_state_schema() -> sql.Composed:
+    """online-uuid's state tables for a subscriber: the rows (meta's included) come from the publisher."""
+    from .state import SCHEMA_VERSION
+
+    return sql.Composed(
+        [
+            render(
+                "state_schema.sql", schema=sql.Identifier(STATE_SCHEMA), version=sql.Literal(SCHEMA_VERSION)
+            ),
+            sql.SQL("\nDELETE FROM {};\n").format(sql.Identifier(STATE_SCHEMA, "meta")),
+        ]
+    )
+
+
+def subscriber_script(conn: psycopg.Connection, plan: Plan) -> str:
+    """Everything each subscriber runs before `start`, as `plan --subscriber-sql` prints it."""
+    out = []
+    for pub in plan.publications:
+        out.append(f"-- subscribers of publication {pub.name} ({pub.scope})")
+        out += [st.as_string(conn) + ";" for st in subscriber_ddl(plan, pub)]
+    if carries_state_schema(plan):
+        out.append(f"-- {ALL_TABLES} also carries online-uuid's state tables (schema {STATE_SCHEMA})")
+        out.append("BEGIN;\n" + build_subscriber_state_schema().as_string(conn) + "COMMIT;")
+    return "\n".join(out) + "\n"

@@ -16,7 +16,7 @@ from ..errors import RefusedError, StateError
 from ..executor import Executor, Step
 from ..model import Phase, Plan
 from ..plan import build_plan
-from ..replication import subscriber_ddl
+from ..replication import carries_state_schema, subscriber_ddl
 from ..settings import LockSettings, StartSettings
 
 log = structlog.get_logger("online_uuid")
@@ -159,6 +159,11 @@ def refuse_unprepared_subscribers(conn: psycopg.Connection, plan: Plan) -> None:
         tables = ", ".join(t.display() for t in pub.tables)
         parts.append(
             f"publication {pub.name} ({pub.scope}) carries {tables}: on each of its subscribers run {ddl}"
+        )
+    if carries_state_schema(plan):
+        parts.append(
+            "a FOR ALL TABLES publication also carries online-uuid's state tables: run the script "
+            "`online-uuid plan --subscriber-sql` prints on each subscriber instead"
         )
     raise RefusedError(
         "; ".join(parts) + "; then rerun start with --subscribers-prepared (logical replication stops "
