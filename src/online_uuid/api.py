@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import state
+from . import sessions, state
 from .db import connect
 from .errors import StateError, VerifyError
 from .executor import render_steps
@@ -145,7 +145,10 @@ def start(
         with state.migration_lock(conn, mid):
             if metrics:
                 metrics.set_phase(Phase.EXPANDING)
+            expanding = state.load(conn, mid).phase == Phase.EXPANDING
             start_phase.run_expand(conn, mid, p, lock)
+            if expanding:  # new columns: prepared `SELECT *` of these sessions would fail from now on
+                sessions.reset(conn, settings.reset_sessions)
             if metrics:
                 metrics.set_phase(state.load(conn, mid).phase)
             if settings.backfill:
@@ -232,7 +235,7 @@ def cutover_check(
 def cutover_sessions_at_risk(dsn: str, migration: str | None = None) -> list[dict[str, Any]]:
     """Sessions whose prepared statements on the converted tables would fail after the swap."""
     with _session(dsn, migration, "cutover", lock=False) as (conn, mid):
-        return cutover_phase.sessions_at_risk(conn, state.load(conn, mid).plan)
+        return sessions.at_risk(conn, state.load(conn, mid).plan)
 
 
 def cutover(

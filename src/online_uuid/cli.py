@@ -152,6 +152,14 @@ BarrierTimeout = Annotated[
         help=f"Seconds to wait for old transactions at the barrier (default {_BF.barrier_timeout_s:g}).",
     ),
 ]
+ResetSessions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reset-sessions",
+        help="application_name whose sessions, idle or busy, end right after the change of columns "
+        "so pools reconnect without stale prepared plans (repeatable).",
+    ),
+]
 StallTimeout = Annotated[
     float | None,
     typer.Option(
@@ -343,6 +351,7 @@ def start(
             help="Publications carry these tables and every subscriber already has the shadow columns.",
         ),
     ] = False,
+    reset_sessions: ResetSessions = None,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -360,6 +369,7 @@ def start(
             backfill=not no_backfill,
             allow_trigger_side_effects=allow_trigger_side_effects,
             subscribers_prepared=subscribers_prepared,
+            reset_sessions=tuple(reset_sessions or ()),
         )
     )
     lock = _run(
@@ -519,14 +529,7 @@ def cutover(
         bool,
         typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock."),
     ] = False,
-    reset_sessions: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--reset-sessions",
-            help="application_name whose sessions, idle or busy, end right after the swap so pools "
-            "reconnect without stale prepared plans (repeatable).",
-        ),
-    ] = None,
+    reset_sessions: ResetSessions = None,
     reset_idle_sessions: Annotated[
         list[str] | None,
         typer.Option(
@@ -603,6 +606,7 @@ def rollback(
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 30,
     retry_for: RetryFor = 120.0,
+    reset_sessions: ResetSessions = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
@@ -612,7 +616,12 @@ def rollback(
         lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
     )
     phase = _run(
-        lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)),
+        lambda: api.rollback(
+            d,
+            migration,
+            lock=lock,
+            settings=CutoverSettings(lock=lock, reset_sessions=tuple(reset_sessions or ())),
+        ),
         log_format=log_format,
     )
     _emit({"phase": str(phase)}, as_json, lambda: out.print(f"rolled back: phase {phase}"))

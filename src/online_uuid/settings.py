@@ -52,6 +52,7 @@ class StartSettings:
     backfill: bool = True
     allow_trigger_side_effects: bool = False  # let the backfill fire user triggers (no replica role)
     subscribers_prepared: bool = False  # the subscribers of publications carrying the tables are ready
+    reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end once the columns exist
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):

@@ -12,7 +12,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from online_uuid import api
-from online_uuid.settings import CutoverSettings
+from online_uuid.settings import CutoverSettings, StartSettings
 
 APP = "shop-api"
 WORKERS = 4
@@ -35,7 +35,11 @@ class Tally:
 
 def _statement(conn: psycopg.Connection, i: int) -> None:
     # type-agnostic application code: the key is opaque to it, yet its prepared plan pins the type
-    conn.execute("SELECT id FROM parent WHERE note = %s", (f"p{i % 50}",)).fetchall()
+    # (and `SELECT *` pins the columns, which `start` changes)
+    if i % 2:
+        conn.execute("SELECT id FROM parent WHERE note = %s", (f"p{i % 50}",)).fetchall()
+    else:
+        conn.execute("SELECT * FROM parent WHERE note = %s", (f"p{i % 50}",)).fetchall()
 
 
 def _busy(pool: ConnectionPool, tally: Tally, stop: threading.Event) -> None:
@@ -79,10 +83,21 @@ def _seed(conn: psycopg.Connection) -> None:
     conn.execute("INSERT INTO child (parent_id) SELECT 1 + g % 200 FROM generate_series(1, 200) g")
 
 
-def test_a_pool_recovers_after_cutover_with_reset_sessions(dsn: str, conn: psycopg.Connection) -> None:
+def _recovered(tally: Tally, at: float, phase: str) -> str:
+    """Asserts the pool works again within 2 s of `at`; returns the measured figures."""
+    failed = [(round(t - at, 3), e) for t, e in tally.failed if t >= at - 1.0]
+    report = f"{phase}: {len(failed)} failed statements ({failed[:12]})"
+    assert not [f for f in failed if f[0] > 2.0], report
+    assert sum(1 for t in tally.ok if t > at + 2.0) > 100, report
+    return report
+
+
+def test_a_pool_recovers_through_start_and_cutover_with_reset_sessions(
+    dsn: str, conn: psycopg.Connection
+) -> None:
     _seed(conn)
-    mid = api.start(dsn, ["parent"])
     tally, stop = Tally(), threading.Event()
+    reports = []
     with ConnectionPool(
         dsn,
         min_size=WORKERS,
@@ -97,31 +112,27 @@ def test_a_pool_recovers_after_cutover_with_reset_sessions(dsn: str, conn: psyco
         ]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # every connection has prepared its statement by now
+        time.sleep(1.0)  # every connection has prepared its statements by now
+        mid = api.start(dsn, ["parent"], settings=StartSettings(reset_sessions=(APP,)))
+        started = time.monotonic()
+        time.sleep(3.0)
+        reports.append(_recovered(tally, started, "start"))
         at_risk = api.cutover_sessions_at_risk(dsn, mid)
         apps = [s for s in at_risk if s["application_name"] == APP]
         assert len(apps) == WORKERS and all(s["role"] == "postgres" for s in apps), at_risk
         assert conn.info.backend_pid in {s["pid"] for s in at_risk}  # this test's own session too
-        assert tally.failed == []
         result = api.cutover(dsn, mid, settings=CutoverSettings(reset_sessions=(APP,)))
         swapped = time.monotonic()
-        time.sleep(5.0)
+        time.sleep(3.0)
         stop.set()
         for t in threads:
             t.join(10)
-    failed_after = [(round(t - swapped, 2), e) for t, e in tally.failed]
-    late = [f for f in failed_after if f[0] > 2.0]
-    ok_late = sum(1 for t in tally.ok if t > swapped + 2.0)
-    report = (
-        f"{len(tally.failed)} failed statements after the swap ({failed_after[:20]}), "
-        f"{ok_late} ok in the last 3 s, sessions reset: {result.sessions_reset}"
-    )
+    reports.append(_recovered(tally, swapped, "cutover"))
+    report = "; ".join(reports) + f"; sessions reset by the cutover: {result.sessions_reset}"
     assert len(result.sessions_reset) >= WORKERS, report
-    assert not late, report  # every pooled session works again within 2 s of the swap
-    # (failures come only from the few ms between the commit and the sessions' end: bounded by time)
-    assert len(tally.failed) <= 200, report
-    assert ok_late > 100, report
-    print(report)  # the measured figure, for the record (-s)
+    # (failures come only from the few ms between a commit and the sessions' end: bounded by time)
+    assert len(tally.failed) <= 400, report
+    print(report)  # the measured figures, for the record (-s)
 
 
 def test_reset_idle_sessions_still_ends_idle_sessions(dsn: str, conn: psycopg.Connection) -> None:

@@ -18,7 +18,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import catalog, db, naming, state
+from .. import catalog, db, naming, sessions, state
 from .. import statements as s
 from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
@@ -305,8 +305,8 @@ def run_swap(
         terminated=terminated,
         on_busy=busy,
     )
-    reset = reset_sessions(conn, settings.reset_sessions)
-    reset += reset_sessions(conn, settings.reset_idle_sessions, idle_only=True)
+    reset = sessions.reset(conn, settings.reset_sessions)
+    reset += sessions.reset(conn, settings.reset_idle_sessions, idle_only=True)
     if metrics:
         metrics.cutover_attempts.labels(outcome="success").inc()
         metrics.lock_held.set(held)
@@ -403,44 +403,6 @@ def _swap_once(
     if released is not None and commit_sent <= released <= committed + 0.001:
         return released - locked_at
     return committed - locked_at
-
-
-def reset_sessions(
-    conn: psycopg.Connection, applications: tuple[str, ...], idle_only: bool = False
-) -> list[int]:
-    """End the sessions of the named applications (idle or busy), right after the swap committed.
-
-    Their prepared statements still return the old column types ("cached plan must not change result
-    type" on every execution); a pool replaces a terminated connection, not one that merely errors.
-    """
-    if not applications:
-        return []
-    rows = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND backend_type = 'client backend' AND application_name = ANY(%s) "
-        "AND NOT starts_with(application_name, 'online-uuid/') AND pid <> pg_backend_pid() "
-        "AND (NOT %s OR state = 'idle') AND pg_terminate_backend(pid)",
-        (list(applications), idle_only),
-    ).fetchall()
-    pids = [int(r[0]) for r in rows]
-    log.info("ended sessions so they drop their prepared plans", applications=list(applications), pids=pids)
-    return pids
-
-
-def sessions_at_risk(conn: psycopg.Connection, plan: Plan) -> list[dict[str, Any]]:
-    """Client sessions of roles with privileges on a converted table (ours excluded): their prepared
-    statements on these tables fail after the swap until the session resets."""
-    oids = [o for t in plan.tables() if (o := catalog.read_table_ref(conn, t)) is not None]
-    rows = conn.execute(
-        "SELECT a.pid, a.application_name, a.usename, a.state FROM pg_stat_activity a "
-        "WHERE a.datname = current_database() AND a.backend_type = 'client backend' "
-        "AND a.pid <> pg_backend_pid() AND NOT starts_with(a.application_name, 'online-uuid/') "
-        "AND EXISTS (SELECT 1 FROM unnest(%s::oid[]) AS t(oid) "
-        "WHERE has_table_privilege(a.usesysid, t.oid, 'SELECT, INSERT, UPDATE, DELETE')) "
-        "ORDER BY a.application_name, a.pid",
-        (oids,),
-    ).fetchall()
-    return [{"pid": int(p), "application_name": a or "", "role": u, "state": st} for p, a, u, st in rows]
 
 
 def run_cutover(
