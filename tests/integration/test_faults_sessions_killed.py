@@ -48,11 +48,20 @@ def test_cancelled_batches_are_retried_and_no_row_is_lost(dsn: str, conn: psycop
     settings = BackfillSettings(
         vacuum_every_pct=0, initial_batch_size=500, max_batch_size=1000, max_rows_per_second=10_000
     )
-    with (
-        every(0.1, "cancel", dsn, f"online-uuid/{MID}/backfill", "UPDATE %") as hits,
-        Running(dsn, settings) as run,
-    ):
-        result = run.join(180)
+    # A row a third into the key range stays locked until the canceller has hit a batch 3 times: the
+    # batch that reaches it waits there, active, and the canceller finds it (lock timeouts after 2 s
+    # are retried too).
+    with psycopg.connect(dsn) as holder:
+        holder.execute(
+            'SELECT 1 FROM "App Data"."Parent" WHERE "select" = %s FOR UPDATE', (keys[len(keys) // 3],)
+        )
+        with (
+            every(0.1, "cancel", dsn, f"online-uuid/{MID}/backfill", "UPDATE %") as hits,
+            Running(dsn, settings) as run,
+        ):
+            h.wait_for(lambda: len(hits) >= 3, 60, "a cancelled batch")
+            holder.commit()
+            result = run.join(180)
     assert hits, "no batch was cancelled: the test did not test anything"
     assert run.gauge("online_uuid_errors_total", kind="canceled") >= 1
     assert result.retries >= 1
