@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import state
+from . import sessions, state
 from .db import connect
 from .errors import StateError, VerifyError
 from .executor import render_steps
@@ -34,10 +34,12 @@ __all__ = [
     "backfill",
     "cutover",
     "cutover_check",
+    "cutover_sessions_at_risk",
     "finalize",
     "pause",
     "plan",
     "plan_sql",
+    "plan_subscriber_sql",
     "resume",
     "rollback",
     "start",
@@ -78,6 +80,14 @@ def plan(dsn: str, tables: Sequence[str], *, uuid_version: str = "v4", cascade_d
     """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
     with connect(dsn, "online-uuid/plan") as conn:
         return build_plan(conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes)
+
+
+def plan_subscriber_sql(dsn: str, p: Plan) -> str:
+    """What each subscriber of a publication carrying these tables runs before `start`."""
+    from .replication import subscriber_script
+
+    with connect(dsn, "online-uuid/plan") as conn:
+        return subscriber_script(conn, p)
 
 
 def plan_sql(dsn: str, p: Plan) -> str:
@@ -135,22 +145,30 @@ def start(
         with state.migration_lock(conn, mid):
             if metrics:
                 metrics.set_phase(Phase.EXPANDING)
+            expanding = state.load(conn, mid).phase == Phase.EXPANDING
             start_phase.run_expand(conn, mid, p, lock)
+            if expanding:  # new columns: prepared `SELECT *` of these sessions would fail from now on
+                sessions.reset(conn, settings.reset_sessions)
             if metrics:
                 metrics.set_phase(state.load(conn, mid).phase)
             if settings.backfill:
-                _run_backfill(dsn, mid, backfill_settings or BackfillSettings(), metrics, progress)
+                _run_backfill(dsn, mid, backfill_settings or BackfillSettings(), metrics, progress, conn)
     finally:
         conn.close()
     return mid
 
 
 def _run_backfill(
-    dsn: str, mid: str, settings: BackfillSettings, metrics: Metrics | None, progress: Any
+    dsn: str,
+    mid: str,
+    settings: BackfillSettings,
+    metrics: Metrics | None,
+    progress: Any,
+    lock_conn: psycopg.Connection,
 ) -> BackfillResult:
     from .backfill import run_backfill
 
-    return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress)
+    return run_backfill(dsn, mid, settings, metrics=metrics, progress=progress, lock_conn=lock_conn)
 
 
 def backfill(
@@ -165,7 +183,7 @@ def backfill(
     settings = settings or BackfillSettings()
     with _session(dsn, migration, "control") as (conn, mid):
         _check_throttle_query(conn, settings.throttle_query)
-        return _run_backfill(dsn, mid, settings, metrics, progress)
+        return _run_backfill(dsn, mid, settings, metrics, progress, conn)
 
 
 def verify(
@@ -214,6 +232,12 @@ def cutover_check(
         return cutover_phase.check(conn, mid, state.load(conn, mid).plan, settings or CutoverSettings())
 
 
+def cutover_sessions_at_risk(dsn: str, migration: str | None = None) -> list[dict[str, Any]]:
+    """Sessions whose prepared statements on the converted tables would fail after the swap."""
+    with _session(dsn, migration, "cutover", lock=False) as (conn, mid):
+        return sessions.at_risk(conn, state.load(conn, mid).plan)
+
+
 def cutover(
     dsn: str,
     migration: str | None = None,
@@ -239,7 +263,6 @@ def cutover(
         result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics, guard=guard)
         if metrics:
             metrics.set_phase(Phase.CUT_OVER)
-        cutover_phase.reset_idle_sessions(conn, settings.reset_idle_sessions)
         return result
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import class_row
 
-from .model import TableRef
+from .model import SessionSetting, TableRef
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 
@@ -766,4 +766,28 @@ def read_advisory_holder(conn: psycopg.Connection, key: str) -> Session | None:
         "WHERE l.locktype = 'advisory' AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid "
         "AND l.granted LIMIT 1",
         (key,),
+    )
+
+
+def read_session_settings(conn: psycopg.Connection, names: list[str]) -> list[SessionSetting]:
+    """Settings among `names` that ALTER DATABASE/ROLE give this session (pg_db_role_setting)."""
+    return _rows(
+        conn,
+        SessionSetting,
+        """
+        SELECT CASE WHEN s.setdatabase = 0 THEN 'role ' || quote_ident(r.rolname)
+                    WHEN s.setrole = 0 THEN 'database ' || quote_ident(d.datname)
+                    ELSE 'role ' || quote_ident(r.rolname) || ' in database ' || quote_ident(d.datname)
+               END AS scope,
+               split_part(c.cfg, '=', 1) AS name, substr(c.cfg, strpos(c.cfg, '=') + 1) AS value
+          FROM pg_db_role_setting s
+          LEFT JOIN pg_database d ON d.oid = s.setdatabase
+          LEFT JOIN pg_roles r ON r.oid = s.setrole
+          CROSS JOIN LATERAL unnest(s.setconfig) AS c(cfg)
+         WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+           AND (s.setrole = 0 OR pg_has_role(current_user, s.setrole, 'MEMBER'))
+           AND split_part(c.cfg, '=', 1) = ANY (%s)
+         ORDER BY s.setrole <> 0, s.setdatabase = 0, 1, 2
+        """,
+        (names,),
     )

@@ -22,7 +22,7 @@ from . import api
 from .errors import EXIT_FAILURE, EXIT_REFUSED, OnlineUuidError
 from .log import configure
 from .metrics import Metrics
-from .render import print_plan, print_status, print_verify
+from .render import print_cutover_check, print_plan, print_status, print_verify
 from .settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings, redact, resolve_dsn
 
 app = typer.Typer(
@@ -160,6 +160,30 @@ MaxLatencyImpact = Annotated[
         "(default: off; 0 turns it off at runtime).",
     ),
 ]
+ResetSessions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reset-sessions",
+        help="application_name whose sessions, idle or busy, end right after the change of columns "
+        "so pools reconnect without stale prepared plans (repeatable).",
+    ),
+]
+StallTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--stall-timeout",
+        help="Seconds past a batch's statement timeout with no answer from the server before the call "
+        f"is cut off and retried on a new session (default {_BF.stall_timeout_s:g}).",
+    ),
+]
+RetryTransientFor = Annotated[
+    float | None,
+    typer.Option(
+        "--retry-transient-for",
+        help="Seconds lost connections, server restarts and cancellations are retried before the "
+        f"backfill stops (default {_BF.retry_for_s:g}).",
+    ),
+]
 # Parameter name (= BackfillSettings field) -> its option, in the order `--help` lists them.
 BACKFILL_OPTIONS: dict[str, Any] = {
     "target_batch_ms": TargetBatchMs,
@@ -177,6 +201,8 @@ BACKFILL_OPTIONS: dict[str, Any] = {
     "workers": Workers,
     "barrier_timeout_s": BarrierTimeout,
     "max_latency_impact": MaxLatencyImpact,
+    "stall_timeout_s": StallTimeout,
+    "retry_for_s": RetryTransientFor,
 }
 # What `throttle` changes in a running backfill (the others are read once, at start).
 RUNTIME_OPTIONS = (
@@ -283,6 +309,13 @@ def plan(
     dsn: Dsn = None,
     as_json: Json = False,
     as_sql: Annotated[bool, typer.Option("--sql", help="Print every statement; execute nothing.")] = False,
+    subscriber_sql: Annotated[
+        bool,
+        typer.Option(
+            "--subscriber-sql",
+            help="Print what each subscriber of a publication carrying these tables runs before `start`.",
+        ),
+    ] = False,
     uuid: Uuid = "v4",
     cascade_deletes: CascadeDeletes = False,
     log_format: LogFormat = "console",
@@ -296,6 +329,9 @@ def plan(
     )
     if as_sql:
         out.print(_run(lambda: api.plan_sql(d, p)), markup=False, highlight=False)
+        return
+    if subscriber_sql:
+        out.print(_run(lambda: api.plan_subscriber_sql(d, p)), markup=False, highlight=False)
         return
     _emit(plan_json(p), as_json, lambda: print_plan(p, out))
 
@@ -318,6 +354,14 @@ def start(
             help="Backfill although it fires user triggers (no session_replication_role privilege).",
         ),
     ] = False,
+    subscribers_prepared: Annotated[
+        bool,
+        typer.Option(
+            "--subscribers-prepared",
+            help="Publications carry these tables and every subscriber already has the shadow columns.",
+        ),
+    ] = False,
+    reset_sessions: ResetSessions = None,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -334,6 +378,8 @@ def start(
             cascade_deletes=cascade_deletes,
             backfill=not no_backfill,
             allow_trigger_side_effects=allow_trigger_side_effects,
+            subscribers_prepared=subscribers_prepared,
+            reset_sessions=tuple(reset_sessions or ()),
         )
     )
     lock = _run(
@@ -493,11 +539,12 @@ def cutover(
         bool,
         typer.Option("--terminate-blockers", help="Cancel, then terminate, backends that block the lock."),
     ] = False,
+    reset_sessions: ResetSessions = None,
     reset_idle_sessions: Annotated[
         list[str] | None,
         typer.Option(
             "--reset-idle-sessions",
-            help="application_name whose idle sessions to end after the swap (repeatable).",
+            help="Deprecated: ends only idle sessions of this application_name; use --reset-sessions.",
         ),
     ] = None,
     max_transaction_age: Annotated[
@@ -525,14 +572,16 @@ def cutover(
         lock=lock,
         terminate_blockers=terminate_blockers,
         reset_idle_sessions=tuple(reset_idle_sessions or ()),
+        reset_sessions=tuple(reset_sessions or ()),
         max_transaction_age_s=max_transaction_age,
     )
     if check:
         problems = _run(lambda: api.cutover_check(d, migration, settings))
+        at_risk = _run(lambda: api.cutover_sessions_at_risk(d, migration))
         _emit(
-            {"ok": not problems, "problems": problems},
+            {"ok": not problems, "problems": problems, "sessions_at_risk": at_risk},
             as_json,
-            lambda: out.print("\n".join(problems) or "nothing blocks a cutover now"),
+            lambda: print_cutover_check(problems, at_risk, out),
         )
         if problems:
             raise typer.Exit(EXIT_FAILURE)
@@ -545,15 +594,16 @@ def cutover(
         "lock_held_ms": round(result.lock_held_s * 1000, 1),
         "attempts": result.attempts,
         "terminated": result.blockers_terminated,
+        "sessions_reset": result.sessions_reset,
     }
     _emit(
         doc,
         as_json,
         lambda: out.print(
-            f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s). "
-            "Sessions holding prepared `SELECT *` / `RETURNING id` plans may see "
-            "'cached plan must not change "
-            "result type' until they reconnect (see --reset-idle-sessions). Next: online-uuid finalize, or "
+            f"cut over: lock held {doc['lock_held_ms']} ms after {result.attempts} attempt(s); "
+            f"{len(result.sessions_reset)} session(s) reset. Sessions holding prepared plans of these "
+            "tables get 'cached plan must not change result type' until they reconnect "
+            "(--reset-sessions APP; docs/drivers.md). Next: online-uuid finalize, or "
             "online-uuid rollback to go back."
         ),
     )
@@ -566,6 +616,7 @@ def rollback(
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 30,
     retry_for: RetryFor = 120.0,
+    reset_sessions: ResetSessions = None,
     as_json: Json = False,
     log_format: LogFormat = "console",
 ) -> None:
@@ -575,7 +626,12 @@ def rollback(
         lambda: LockSettings(lock_timeout_ms=lock_timeout, max_attempts=max_attempts, retry_for_s=retry_for)
     )
     phase = _run(
-        lambda: api.rollback(d, migration, lock=lock, settings=CutoverSettings(lock=lock)),
+        lambda: api.rollback(
+            d,
+            migration,
+            lock=lock,
+            settings=CutoverSettings(lock=lock, reset_sessions=tuple(reset_sessions or ())),
+        ),
         log_format=log_format,
     )
     _emit({"phase": str(phase)}, as_json, lambda: out.print(f"rolled back: phase {phase}"))

@@ -311,10 +311,29 @@ class TempCluster:
         self._standbys.clear()
         self._cleanup()
 
-    def stop_server(self) -> None:
-        """Stop the server but keep its data, e.g. to let a standby fall behind; see start()."""
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data, e.g. to let a standby fall behind; see start().
+
+        `mode` is pg_ctl's: "fast" (sessions are terminated), "immediate" (a crash: no checkpoint,
+        clients see the connection drop, the next start recovers from WAL).
+        """
         if self._running and self._pgserver is None:
-            self._pg_ctl_stop()
+            if mode == "fast":
+                self._pg_ctl_stop()
+                return
+            self._run(
+                [str(self._program("pg_ctl")), "-D", str(self.data_dir), "-m", mode, *_STOP_ARGS],
+                what="PostgreSQL stop",
+                timeout=90,
+            )
+            self._running = False
+
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m MODE`: every session ends, the server comes back on the same port."""
+        if not self._running or self._pgserver is not None:
+            raise EmbeddedPgError("restart needs a started, binary-based cluster")
+        self.stop_server(mode)
+        self._pg_ctl_start()
 
     def attach(self, standby: TempCluster) -> None:
         """Stop `standby` (e.g. tests/support's StandbyCluster) when this cluster stops."""

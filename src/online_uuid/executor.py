@@ -15,6 +15,7 @@ from psycopg import sql
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from . import catalog, state
+from .db import restore
 from .errors import LockTimeoutError
 from .model import TableRef
 from .settings import LockSettings
@@ -103,7 +104,7 @@ class Executor:
             for stmt in step.statements:
                 self.conn.execute(stmt)
         finally:
-            self.conn.execute("RESET lock_timeout")
+            restore(self.conn, "lock_timeout")
         state.mark_step(self.conn, self.migration, step.id)
 
     def _drop_invalid_index(self, table: TableRef, index: str) -> None:

@@ -163,6 +163,24 @@ class FiringTrigger:
         return f"{self.kind} {self.name} on {self.table}{mode}"
 
 
+@dataclass(frozen=True)
+class SessionSetting:
+    """A timeout the database or role sets (pg_db_role_setting) that online-uuid overrides for itself."""
+
+    scope: str  # "database d", "role r", "role r in database d"
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class PublicationUse:
+    """A publication that carries converted tables: its subscribers need their columns first."""
+
+    name: str
+    scope: str  # "FOR ALL TABLES", "FOR TABLE", "FOR TABLES IN SCHEMA"
+    tables: tuple[TableRef, ...]
+
+
 class Phase(StrEnum):
     """A migration's life; `ALLOWED` lists each transition the state machine accepts."""
 
@@ -220,6 +238,10 @@ class Plan:
     backfill_replica: bool = True  # the backfill's sessions run with session_replication_role = replica
     update_triggers: tuple[FiringTrigger, ...] = ()  # user triggers/rules on the backfilled tables
 
+    session_settings: tuple[SessionSetting, ...] = ()
+    publications: tuple[PublicationUse, ...] = ()
+    subscriptions: tuple[str, ...] = ()  # subscriptions in this database (it receives rows too)
+
     def backfill_side_effects(self) -> list[FiringTrigger]:
         """User triggers and rules the backfill's UPDATEs fire, with the session role it will use."""
         return [t for t in self.update_triggers if t.fires(self.backfill_replica)]
@@ -273,6 +295,14 @@ class Plan:
         )
         warns = tuple(Warning_(**w) for w in doc.get("warnings", []))
         fired = tuple(FiringTrigger(**t) for t in doc.get("update_triggers", []))
+        surroundings: dict[str, Any] = {
+            "session_settings": tuple(SessionSetting(**x) for x in doc.get("session_settings", [])),
+            "publications": tuple(
+                PublicationUse(x["name"], x["scope"], tuple(ref(t) for t in x["tables"]))
+                for x in doc.get("publications", [])
+            ),
+            "subscriptions": tuple(doc.get("subscriptions", ())),
+        }
         scalars = {
             k: doc[k]
             for k in (
@@ -293,6 +323,7 @@ class Plan:
             warnings=warns,
             update_triggers=fired,
             **scalars,
+            **surroundings,
         )
 
 

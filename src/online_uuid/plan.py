@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from . import catalog
+from . import catalog, db, replication
 from .errors import PlanError
 from .model import (
     DependentView,
@@ -438,4 +438,11 @@ def build_plan(
         database=conn.info.dbname,
         backfill_replica=catalog.read_can_set_replica_role(conn),
         update_triggers=tuple(fired),
+        session_settings=tuple(catalog.read_session_settings(conn, [n for _, n, _ in db.SESSION_SETTINGS])),
+        publications=tuple(replication.read_publications(conn, tables_of(b))),
+        subscriptions=tuple(replication.read_subscriptions(conn)),
     )
+
+
+def tables_of(b: _Builder) -> list[TableRef]:
+    return sorted({k.table for k in b.keys} | {f.table for f in b.fks})

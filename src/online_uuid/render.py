@@ -109,6 +109,7 @@ def print_plan(plan: Plan, console: Console) -> None:
         )
     for w in plan.warnings:
         console.print(f"[yellow]warning[/yellow]: {w.object}: {w.message}")
+    print_surroundings(plan, console)
     console.print(
         f"UUIDs: {plan.uuid_version} ({plan.generator}); "
         f"cascade deletes: {'yes, every converted FK' if plan.cascade_deletes else 'no, actions kept'}; "
@@ -189,3 +190,39 @@ def print_verify(report: VerifyReport, console: Console) -> None:
     for c in report.checks:
         mark = "ok" if c.ok else "FAIL"
         console.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)
+
+
+def print_surroundings(plan: Plan, console: Console) -> None:
+    """Database/role timeouts online-uuid overrides for itself, and logical replication around it."""
+    for st in plan.session_settings:
+        console.print(
+            f"setting: {st.name} = {st.value} ({st.scope}): online-uuid overrides it for its own "
+            "sessions only (each sets the timeouts its work needs); the application keeps it",
+            markup=False,
+        )
+    for pub in plan.publications:
+        tables = ", ".join(t.display() for t in pub.tables)
+        console.print(
+            f"[yellow]publication[/yellow] {pub.name} ({pub.scope}) carries {tables}: its subscribers "
+            "need the shadow columns before `start` (start shows the DDL; --subscribers-prepared)"
+        )
+    for sub in plan.subscriptions:
+        console.print(
+            f"[yellow]subscription[/yellow] {sub} writes into this database: a converted table it "
+            "receives needs the same change on its publisher first"
+        )
+
+
+def print_cutover_check(problems: list[str], at_risk: list[dict[str, Any]], console: Console) -> None:
+    """What blocks a cutover, then the sessions whose prepared statements the swap would break."""
+    console.print("\n".join(problems) or "nothing blocks a cutover now", markup=False)
+    apps: dict[tuple[str, str], list[int]] = {}
+    for s in at_risk:
+        apps.setdefault((s["application_name"] or "-", s["role"] or "-"), []).append(s["pid"])
+    for (app, role), pids in sorted(apps.items()):
+        fix = f"--reset-sessions {app}" if app != "-" else "no application_name: set one to reset them"
+        console.print(
+            f"at risk after the swap: application {app} (role {role}), pids "
+            f"{', '.join(map(str, pids))}: prepared statements fail until the session resets ({fix})",
+            markup=False,
+        )

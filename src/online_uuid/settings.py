@@ -51,6 +51,8 @@ class StartSettings:
     cascade_deletes: bool = False
     backfill: bool = True
     allow_trigger_side_effects: bool = False  # let the backfill fire user triggers (no replica role)
+    subscribers_prepared: bool = False  # the subscribers of publications carrying the tables are ready
+    reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end once the columns exist
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):
@@ -76,6 +78,8 @@ class BackfillSettings:
     workers: int = 1
     barrier_timeout_s: float = 3600.0
     max_latency_impact: float | None = None  # canary p99 <= F x idle; None or 0 = off
+    retry_for_s: float = 300.0  # lost connections, restarts, cancellations: retried this long
+    stall_timeout_s: float = 30.0  # no answer this long past a batch's statement timeout: cut off
 
     def __post_init__(self) -> None:
         if not 0 < self.min_batch_size <= self.max_batch_size:
@@ -84,6 +88,8 @@ class BackfillSettings:
             raise RefusedError("--target-batch-ms must be positive")
         if self.nice_ratio < 0:
             raise RefusedError("--nice-ratio must be zero or positive")
+        if self.retry_for_s < 0 or self.stall_timeout_s <= 0:
+            raise RefusedError("--retry-for must be zero or positive and --stall-timeout positive")
         if self.workers < 1:
             raise RefusedError("--workers must be at least 1")
         if self.max_latency_impact and self.max_latency_impact <= 1:
@@ -97,5 +103,6 @@ class BackfillSettings:
 class CutoverSettings:
     lock: LockSettings = LockSettings()
     terminate_blockers: bool = False
-    reset_idle_sessions: tuple[str, ...] = ()
+    reset_idle_sessions: tuple[str, ...] = ()  # deprecated: reset_sessions ends busy ones too
+    reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end right after the swap
     max_transaction_age_s: float = 60.0

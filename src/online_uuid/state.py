@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +15,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import catalog
+from .db import deadline
 from .errors import ConcurrentRunError, StateError
 from .model import ACTIVE_PHASES, Phase, Plan, TableRef, can_move
 from .naming import STATE_SCHEMA, advisory_key
 from .templates import render
 
 SCHEMA_VERSION = 1
+UNLOCK_DEADLINE_S = 10.0
 
 
 def _t(name: str) -> sql.Identifier:
@@ -250,9 +252,15 @@ def delete(conn: psycopg.Connection, migration_id: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(STATE_SCHEMA)))
 
 
-@contextmanager
-def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 5.0) -> Iterator[None]:
-    """Session advisory lock: one online-uuid process per migration at a time.
+# pg_locks rows of a migration's advisory lock (one bound parameter: advisory_key(...)).
+LOCK_MATCH = sql.SQL(
+    "l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted "
+    "AND l.objid = (hashtext(%s)::bigint & 4294967295)::oid"
+)
+
+
+def take_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 5.0) -> None:
+    """Take the migration's session advisory lock on `conn`, or raise ConcurrentRunError naming the holder.
 
     Waits `wait_s` first: the session of a run killed a moment ago may linger until the server notices.
     """
@@ -263,14 +271,42 @@ def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 
         if (row and row[0]) or time.monotonic() >= deadline:
             break
         time.sleep(0.25)
-    if not row or not row[0]:
-        holder = catalog.read_advisory_holder(conn, key)
-        who = f" (pid {holder.pid}, {holder.application_name or 'no application_name'})" if holder else ""
-        raise ConcurrentRunError(
-            f"another online-uuid run is working on migration {migration_id}{who}; wait for it or stop it"
-        )
+    if row and row[0]:
+        return
+    raise ConcurrentRunError(
+        f"another online-uuid run is working on migration {migration_id}{lock_holder(conn, migration_id)}; "
+        "wait for it or stop it"
+    )
+
+
+def lock_holder(conn: psycopg.Connection, migration_id: str) -> str:
+    """' (pid N, application)' of the session holding the migration's lock, or ''."""
+    holder = catalog.read_advisory_holder(conn, advisory_key(migration_id))
+    return f" (pid {holder.pid}, {holder.application_name or 'no application_name'})" if holder else ""
+
+
+def holds_lock(conn: psycopg.Connection, migration_id: str) -> bool:
+    """Whether this session holds the migration's advisory lock (False if the session is gone)."""
+    row = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {} AND l.pid = pg_backend_pid())").format(
+            LOCK_MATCH
+        ),
+        (advisory_key(migration_id),),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def migration_lock(conn: psycopg.Connection, migration_id: str, wait_s: float = 5.0) -> Iterator[None]:
+    """Session advisory lock: one online-uuid process per migration at a time.
+
+    A session lost meanwhile (server restart) took its lock with it: nothing is left to release.
+    """
+    take_lock(conn, migration_id, wait_s)
     try:
         yield
     finally:
-        if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        if not conn.closed and not conn.broken:
+            # (a stalled connection must not hang the command's exit: closing it frees the lock too)
+            with suppress(psycopg.OperationalError), deadline(conn, UNLOCK_DEADLINE_S):
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (advisory_key(migration_id),))

@@ -226,7 +226,8 @@ ALL_ZERO = {"key_null": 0, "key_dupe": 0, "self_bad": 0, "order_bad": 0, "leaf_b
 class Running:
     """A backfill in a thread, with its metrics, so a test can steer it from another session."""
 
-    def __init__(self, dsn: str, settings: BackfillSettings) -> None:
+    def __init__(self, dsn: str, settings: BackfillSettings, take_lock: bool = False) -> None:
+        self.take_lock = take_lock
         self.metrics = Metrics(MID)
         self.stop = threading.Event()
         self.result: BackfillResult | None = None
@@ -235,7 +236,9 @@ class Running:
 
     def _run(self, dsn: str, settings: BackfillSettings) -> None:
         try:
-            self.result = run_backfill(dsn, MID, settings, metrics=self.metrics, stop=self.stop)
+            self.result = run_backfill(
+                dsn, MID, settings, metrics=self.metrics, stop=self.stop, take_lock=self.take_lock
+            )
         except BaseException as exc:  # surfaced by join()
             self.error = exc
 

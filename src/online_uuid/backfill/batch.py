@@ -11,12 +11,17 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ..db import LockLost, restore
 from ..model import BackfillJob
 from ..naming import STATE_SCHEMA
 from .keyset import build_upper_bound
+from .lock import build_held_check
 from .signals import read_blocked_by_me
 
 LOCK_TIMEOUT = "2s"
+# A batch whose client stops answering mid-transaction (a stalled network) must not keep its row
+# locks: the server ends the session after this long idle in the batch's transaction.
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
 INT8_MAX = 2**63 - 1
 
 
@@ -180,19 +185,37 @@ def run(
     size: int,
     update: sql.Composed,
     statement_timeout_ms: int,
+    lock: tuple[int, str] | None = None,
 ) -> BatchResult:
-    """One batch: bound, UPDATE, blocker check and cursor move, committed together."""
+    """One batch: bound, UPDATE, blocker check and cursor move, committed together.
+
+    `lock` (pid, advisory key): the session that must hold the migration's lock; if it does not
+    (it was lost in a restart), LockLost before anything is written.
+    """
     assert st.next_key is not None and st.max_key is not None
     lo = st.next_key
     with conn.transaction():
-        # One round trip for the settings. A foreign-key batch joins each child row to its parent by
-        # index probes: a hash or merge join would read the whole parent table in every batch.
+        # One round trip for the settings and the lock check. A foreign-key batch joins each child row
+        # to its parent by index probes: a hash or merge join would read the whole parent table.
         probes_only = "off" if job.kind == "fk" else "on"
-        conn.execute(
-            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
-            "set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
-            (LOCK_TIMEOUT, f"{statement_timeout_ms}ms", probes_only, probes_only),
-        )
+        held = build_held_check() if lock else sql.SQL("true")
+        row = conn.execute(
+            sql.SQL(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
+                "set_config('idle_in_transaction_session_timeout', %s, true), "
+                "set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true), {}"
+            ).format(held),
+            (
+                LOCK_TIMEOUT,
+                f"{statement_timeout_ms}ms",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+                probes_only,
+                probes_only,
+                *(lock or ()),
+            ),
+        ).fetchone()
+        if not (row and row[5]):
+            raise LockLost(f"the session holding the lock of migration {mid} is gone")
         row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
         hi = row[0] if row else None
         rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
@@ -223,4 +246,4 @@ def vacuum(conn: psycopg.Connection, job: BackfillJob) -> None:
     try:
         conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(job.table.ident))
     finally:
-        conn.execute("RESET statement_timeout")
+        restore(conn, "statement_timeout")

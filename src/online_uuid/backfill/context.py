@@ -27,6 +27,7 @@ from ..model import Plan
 from ..naming import application_name
 from ..settings import BackfillSettings
 from .canary import LatencyGuard
+from .lock import LockHolder
 from .progress import Progress
 from .signals import SignalReader
 from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Signals, eta_seconds
@@ -34,10 +35,11 @@ from .throttle import HOLD_REASONS, REASONS, Decision, RateMeter, RatePacer, Sig
 log = structlog.get_logger("online_uuid.backfill")
 T = TypeVar("T")
 
-RETRY_FOR_S = 300.0  # transient errors are retried this long before the backfill gives up
 PUBLISH_EVERY_S = 5.0
 WARN_EVERY_S = 60.0
 ERROR_KINDS = (
+    "lock_lost",
+    "stalled",
     "deadlock",
     "serialization",
     "lock_timeout",
@@ -46,6 +48,11 @@ ERROR_KINDS = (
     "connection",
     "other",
 )
+
+
+def statement_timeout_ms(lim: BackfillSettings) -> int:
+    """Generous per-batch statement timeout: a runaway batch is cancelled, shrunk and retried."""
+    return max(10_000, 25 * lim.target_batch_ms)
 
 
 class ReconnectFailed(psycopg.OperationalError):
@@ -100,12 +107,13 @@ class RunContext:
         self.board = Board(self)
         self.replica = False  # sessions on the primary SET session_replication_role = replica
         self.latency = LatencyGuard(mid, lambda: db.connect(dsn, application_name(mid, "canary")), metrics)
+        self.lock: LockHolder | None = None  # set when the run holds the migration's lock
         self._remaining: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def connect(self, dsn: str | None = None) -> psycopg.Connection:
+    def connect(self, dsn: str | None = None, role: str = "backfill") -> psycopg.Connection:
         try:
-            conn = db.connect(dsn or self.dsn, application_name(self.mid, "backfill"))
+            conn = db.connect(dsn or self.dsn, application_name(self.mid, role))
         except RefusedError:
             raise
         except OnlineUuidError as exc:
@@ -117,6 +125,11 @@ class RunContext:
         if self.replica and dsn is None:  # the application's triggers and rules stay quiet (role.py)
             conn.execute("SET session_replication_role = replica")
         return conn
+
+    def call_deadline_s(self) -> float:
+        """How long any call of the run may wait for an answer: a batch's statement timeout, plus
+        `stall_timeout_s` for the network."""
+        return statement_timeout_ms(self.settings) / 1000 + self.settings.stall_timeout_s
 
     def halted(self) -> bool:
         return self.stop.is_set() or self.abort.is_set()
@@ -140,9 +153,19 @@ class RunContext:
         if eta is not None:
             self.metrics.eta.set(eta)
 
+    def ensure_lock(self) -> None:
+        """Before writing on a new session or after an error: the migration's lock is (again) ours."""
+        if self.lock is not None:
+            self.lock.ensure()
+
+    def lock_ref(self) -> tuple[int, str] | None:
+        return self.lock.ref() if self.lock is not None else None
+
     def close(self) -> None:
         self.latency.close()
         self.reader.close()
+        if self.lock is not None:
+            self.lock.close()
 
 
 class Session:
@@ -151,22 +174,33 @@ class Session:
     def __init__(self, ctx: RunContext, name: str, on_retry: Callable[[str], None] | None = None):
         self.ctx, self.name, self._on_retry = ctx, name, on_retry
         self.conn: psycopg.Connection | None = None
+        self._check_lock = True
 
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = self.ctx.connect()
+            self._check_lock = True
+        if self._check_lock:  # a new session, or the last call failed: was the server restarted?
+            self.ctx.ensure_lock()
+            self._check_lock = False
         return self.conn
 
-    def call(self, fn: Callable[[psycopg.Connection], T]) -> T:
+    def call(self, fn: Callable[[psycopg.Connection], T], deadline_s: float | None = -1.0) -> T:
+        """fn(connection), retried on transient errors; a call that gets no answer within
+        `deadline_s` (default: RunContext.call_deadline_s; None: no limit)
+        is cut off as stalled and retried on a new session."""
+        limit = self.ctx.call_deadline_s() if deadline_s is not None and deadline_s < 0 else deadline_s
         for attempt in Retrying(
             retry=retry_if_exception(db.is_transient),
             wait=wait_exponential(multiplier=0.2, max=10.0) + wait_random(0, 0.3),
-            stop=stop_after_delay(RETRY_FOR_S),
+            stop=stop_after_delay(self.ctx.settings.retry_for_s),
             before_sleep=self._before_sleep,
             reraise=True,
         ):
             with attempt:
-                return fn(self._connection())
+                conn = self._connection()
+                with db.deadline(conn, limit):
+                    return fn(conn)
         raise AssertionError("unreachable")
 
     def _before_sleep(self, rs: RetryCallState) -> None:
@@ -174,11 +208,14 @@ class Session:
         kind = db.error_kind(exc) if exc else "other"
         self.ctx.metrics.errors.labels(kind=kind).inc()
         self.ctx.totals.add_retry()
+        self._check_lock = True
         first = str(exc).strip().splitlines()[0] if exc and str(exc).strip() else kind
         log.warning(
             "transient error, retrying", session=self.name, kind=kind, error=first, attempt=rs.attempt_number
         )
-        if kind in ("connection", "server_restart") or (self.conn is not None and self.conn.broken):
+        if kind in ("connection", "server_restart", "stalled") or (
+            self.conn is not None and self.conn.broken
+        ):
             self.close()
         if self._on_retry:
             self._on_retry(kind)

@@ -12,13 +12,14 @@ import psycopg
 import structlog
 
 from .. import db, state
-from ..errors import BackfillError, OnlineUuidError, StateError
+from ..errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
 from ..metrics import Metrics, table_label
 from ..model import BackfillJob, Phase, TableRef, backfill_jobs
 from ..naming import application_name
 from ..settings import BackfillSettings
 from . import barrier, batch, role
 from .context import ERROR_KINDS, RunContext, Session
+from .lock import LockHolder
 from .progress import NullProgress, Progress
 from .throttle import REASONS
 from .worker import Worker
@@ -167,11 +168,14 @@ def run_backfill(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     take_lock: bool = False,
+    lock_conn: psycopg.Connection | None = None,
 ) -> BackfillResult:
     """Fill every shadow column of the migration; resumable at any point (also after kill -9).
 
-    The caller normally holds the migration's advisory lock (the API does); `take_lock=True`
-    takes it here instead, waiting a few seconds for the session of a killed run to go away.
+    The caller normally holds the migration's advisory lock on `lock_conn` (the API does);
+    `take_lock=True` takes it here instead, waiting a few seconds for the session of a killed run
+    to go away. Either way, a lock lost with its session (a server restart) is taken again before
+    the run writes anything more.
     """
     t0 = time.monotonic()
     metrics = metrics or Metrics(migration_id)
@@ -198,6 +202,9 @@ def run_backfill(
                 stop or threading.Event(),
             )
             ctx.replica = replica
+            holder = conn if take_lock else lock_conn
+            if holder is not None:
+                ctx.lock = LockHolder(lambda: ctx.connect(role="control"), migration_id, holder)
             done = _guard_errors(ctx)
     t = ctx.totals
     return BackfillResult(
@@ -216,6 +223,8 @@ def _guard_errors(ctx: RunContext) -> bool:
     """Run, turning any failure into a recorded, resumable BackfillError."""
     try:
         return _execute(ctx)
+    except ConcurrentRunError:
+        raise  # the lock is another run's now: write nothing, not even the error
     except OnlineUuidError as exc:
         _record_error(ctx.dsn, ctx.mid, str(exc))
         raise

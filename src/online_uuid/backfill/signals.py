@@ -13,7 +13,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from ..db import is_transient
+from ..db import deadline, is_transient
 from ..errors import BackfillError, RefusedError
 from ..settings import BackfillSettings, redact
 from .throttle import Clock, Signals
@@ -23,6 +23,7 @@ log = structlog.get_logger("online_uuid.signals")
 CACHE_S = 1.0  # signals are read at most this often, however many workers ask
 LONG_XACT_S = 300.0  # transactions older than this are reported (they hold back vacuum)
 THROTTLE_QUERY_TIMEOUT = "5s"
+READ_GRACE_S = 5.0  # a signal read with no answer for stall_timeout_s + this is cut off (stalled)
 
 
 def read_standby_lags(conn: psycopg.Connection) -> dict[str, float]:
@@ -197,6 +198,7 @@ class SignalReader:
         self._wal: tuple[float, int] | None = None
         self._wal_rate: float | None = None
         self._warned: dict[str, float] = {}
+        self._deadline_s = BackfillSettings().stall_timeout_s + READ_GRACE_S
 
     def _conn(self, dsn: str | None = None) -> psycopg.Connection:
         conn = self._conns.get(dsn)
@@ -209,6 +211,7 @@ class SignalReader:
         """Signals as of at most CACHE_S ago, plus autovacuum on `table` (an oid)."""
         with self._lock:
             now = self._clock()
+            self._deadline_s = lim.stall_timeout_s + READ_GRACE_S
             try:
                 if now - self._cache.at >= CACHE_S:
                     self._cache = _Cached(now, self._read_all(lim, now))
@@ -222,6 +225,10 @@ class SignalReader:
 
     def _read_all(self, lim: BackfillSettings, now: float) -> Signals:
         conn = self._conn()
+        with deadline(conn, self._deadline_s):
+            return self._read_all_on(conn, lim, now)
+
+    def _read_all_on(self, conn: psycopg.Connection, lim: BackfillSettings, now: float) -> Signals:
         sig = Signals(replication_lag_s=read_standby_lags(conn))
         sig.replication_lag_s.update(self._replica_lags(lim.replica_dsns))
         sig.wal_rate_bytes = self._read_wal_rate(conn, now)
@@ -244,7 +251,9 @@ class SignalReader:
         for dsn in dsns:
             name = f"replica:{redact(dsn)}"
             try:
-                lags[name] = read_replica_lag(self._conn(dsn))
+                conn = self._conn(dsn)
+                with deadline(conn, self._deadline_s):
+                    lags[name] = read_replica_lag(conn)
             except Exception as exc:
                 self._drop(dsn)
                 self._warn(name, f"cannot read replication lag of {name}: {exc}")
@@ -253,7 +262,9 @@ class SignalReader:
     def _read_autovacuum(self, oid: int, now: float) -> str | None:
         at, what = self._autovac.get(oid, (float("-inf"), None))
         if now - at >= CACHE_S:
-            what = read_autovacuum(self._conn(), oid)
+            conn = self._conn()
+            with deadline(conn, self._deadline_s):
+                what = read_autovacuum(conn, oid)
             self._autovac[oid] = (now, what)
         return what
 

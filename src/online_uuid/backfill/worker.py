@@ -14,7 +14,7 @@ from ..metrics import table_label
 from ..model import BackfillJob, Phase, TableRef
 from ..settings import BackfillSettings
 from . import batch, control
-from .context import RunContext, Session
+from .context import RunContext, Session, statement_timeout_ms
 from .progress import JobProgress
 from .signals import read_dead_tuples
 from .throttle import (
@@ -31,11 +31,6 @@ from .throttle import (
 log = structlog.get_logger("online_uuid.backfill")
 
 DEAD_TUPLES_EVERY_S = 30.0
-
-
-def statement_timeout_ms(lim: BackfillSettings) -> int:
-    """Generous per-batch statement timeout: a runaway batch is cancelled, shrunk and retried."""
-    return max(10_000, 25 * lim.target_batch_ms)
 
 
 @dataclass
@@ -165,7 +160,7 @@ class Worker:
                 return batch.BatchResult(0, None, 0, True)
             size = min(self.sizer.size, batch_cap(eff))
             started[0] = time.monotonic()
-            return batch.run(conn, ctx.mid, self.job, st, size, self.update, timeout)
+            return batch.run(conn, ctx.mid, self.job, st, size, self.update, timeout, ctx.lock_ref())
 
         with ctx.latency.busy():
             res = self.session.call(once)
@@ -229,7 +224,7 @@ class Worker:
             return
         t0 = time.monotonic()
         with self.ctx.latency.busy():
-            self.session.call(lambda c: batch.vacuum(c, self.job))
+            self.session.call(lambda c: batch.vacuum(c, self.job), deadline_s=None)  # as long as it takes
         self.session.call(lambda c: batch.set_vacuumed(c, self.ctx.mid, self.job.job_id, pct))
         st.vacuumed_at_pct = pct
         self._read_dead_tuples()

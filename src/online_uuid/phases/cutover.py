@@ -18,9 +18,9 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import catalog, naming, state
+from .. import catalog, db, naming, sessions, state
 from .. import statements as s
-from ..errors import LockTimeoutError, StateError, TriggersChangedError
+from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
@@ -227,6 +227,7 @@ class SwapResult:
     lock_held_s: float
     attempts: int
     blockers_terminated: list[int] = field(default_factory=list)
+    sessions_reset: list[int] = field(default_factory=list)
 
 
 def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
@@ -304,10 +305,14 @@ def run_swap(
         terminated=terminated,
         on_busy=busy,
     )
+    reset = sessions.reset(conn, settings.reset_sessions)
+    reset += sessions.reset(conn, settings.reset_idle_sessions, idle_only=True)
     if metrics:
         metrics.cutover_attempts.labels(outcome="success").inc()
         metrics.lock_held.set(held)
-    return SwapResult(lock_held_s=held, attempts=attempts, blockers_terminated=terminated)
+    return SwapResult(
+        lock_held_s=held, attempts=attempts, blockers_terminated=terminated, sessions_reset=reset
+    )
 
 
 class _ReleaseProbe:
@@ -322,8 +327,8 @@ class _ReleaseProbe:
         self._thread: threading.Thread | None = None
         try:
             dsn = make_conninfo(conn.info.dsn, password=conn.info.password or None)
-            self._conn: psycopg.Connection | None = psycopg.connect(dsn, application_name=name)
-        except psycopg.Error:
+            self._conn: psycopg.Connection | None = db.connect(dsn, name, autocommit=False)
+        except (psycopg.Error, OnlineUuidError):
             self._conn = None  # measuring is best effort; the swap never depends on it
         self._table = table
 
@@ -400,18 +405,6 @@ def _swap_once(
     return committed - locked_at
 
 
-def reset_idle_sessions(conn: psycopg.Connection, applications: tuple[str, ...]) -> int:
-    """Terminate idle sessions of named applications so pools reconnect without stale plans."""
-    if not applications:
-        return 0
-    rows = conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'idle' AND application_name = ANY(%s) AND pid <> pg_backend_pid()",
-        (list(applications),),
-    ).fetchall()
-    return len(rows)
-
-
 def run_cutover(
     conn: psycopg.Connection,
     mid: str,
@@ -477,6 +470,12 @@ def check(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSetti
                 problems.append(f"index {name} is INVALID (an interrupted build); cutover rebuilds it")
     lag = catalog.read_lagging_standbys(conn, STANDBY_LAG_S)
     problems += [f"standby {name} lags {secs:.1f} s" for name, secs in lag]
+    problems += [
+        f"publication {pub.name} carries {', '.join(t.display() for t in pub.tables)}: the swap renames "
+        "and retypes replicated columns, so its subscribers stop applying until they get the same swap "
+        "(docs/replication.md)"
+        for pub in plan.publications
+    ]
     oids = [o for t in plan.tables() if (o := catalog.read_table_ref(conn, t)) is not None]
     problems += [
         f"pid {h.pid} ({h.application_name or '-'}) holds a lock on the tables in a transaction "

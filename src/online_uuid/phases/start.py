@@ -12,10 +12,11 @@ from .. import state
 from .. import statements as s
 from ..backfill import role
 from ..catalog import read_column, read_table_ref
-from ..errors import StateError
+from ..errors import RefusedError, StateError
 from ..executor import Executor, Step
 from ..model import Phase, Plan
 from ..plan import build_plan
+from ..replication import carries_state_schema, subscriber_ddl
 from ..settings import LockSettings, StartSettings
 
 log = structlog.get_logger("online_uuid")
@@ -122,12 +123,21 @@ def prepare_migration(
         _check_same_tables(conn, tables, existing)
         recheck(conn, existing.plan)
         return existing.id, existing.plan, True
-    plan = build_plan(
-        conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
-    )
-    fired = plan.backfill_side_effects()
-    if fired and not settings.allow_trigger_side_effects:
-        raise role.refusal(conn, fired, plan.backfill_replica)
+    try:
+        plan = build_plan(
+            conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
+        )
+        fired = plan.backfill_side_effects()
+        if fired and not settings.allow_trigger_side_effects:
+            raise role.refusal(conn, fired, plan.backfill_replica)
+    except RefusedError:
+        # Two starts at once: the other one's triggers appeared between our look for a migration
+        # and the plan. Resume that migration (its lock then tells whether the other still runs).
+        if find_resumable(conn, tables) is not None:
+            return prepare_migration(conn, tables, migration, settings)
+        raise
+    if not settings.subscribers_prepared:
+        refuse_unprepared_subscribers(conn, plan)
     mid = migration or default_migration_name(plan)
     state.ensure_schema(conn)
     options: dict[str, Any] = {
@@ -137,6 +147,28 @@ def prepare_migration(
     }
     state.create(conn, mid, plan, options)
     return mid, plan, False
+
+
+def refuse_unprepared_subscribers(conn: psycopg.Connection, plan: Plan) -> None:
+    """A publication carrying a converted table: its subscribers need the shadow columns first."""
+    if not plan.publications:
+        return
+    parts = []
+    for pub in plan.publications:
+        ddl = "; ".join(st.as_string(conn) for st in subscriber_ddl(plan, pub))
+        tables = ", ".join(t.display() for t in pub.tables)
+        parts.append(
+            f"publication {pub.name} ({pub.scope}) carries {tables}: on each of its subscribers run {ddl}"
+        )
+    if carries_state_schema(plan):
+        parts.append(
+            "a FOR ALL TABLES publication also carries online-uuid's state tables: run the script "
+            "`online-uuid plan --subscriber-sql` prints on each subscriber instead"
+        )
+    raise RefusedError(
+        "; ".join(parts) + "; then rerun start with --subscribers-prepared (logical replication stops "
+        "at the first row with a column its subscriber lacks; see docs/replication.md)"
+    )
 
 
 def run_expand(conn: psycopg.Connection, mid: str, plan: Plan, lock: LockSettings) -> None:
