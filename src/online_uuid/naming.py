@@ -52,6 +52,11 @@ def fk_fixup_trigger(table: TableRef, column: str) -> str:
     return _object(table, column, "fkfix")
 
 
+def fk_move_trigger(table: TableRef, column: str) -> str:
+    """Trigger that fills a shadow FK on any update of a child walked by ctid (a moved row)."""
+    return _object(table, column, "fkmv")
+
+
 def function_name(table: TableRef, trigger: str) -> str:
     """Trigger functions live in the state schema, never in the user's schemas.
 

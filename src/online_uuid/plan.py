@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import psycopg
 
 from . import catalog, db, replication
+from .backfill import ctid
 from .errors import PlanError
 from .model import (
     DependentView,
@@ -145,6 +146,19 @@ class _Builder:
         )
         self._add_referencing_fks(info, column, attnum)
 
+    def _batch_column(self, child: catalog.TableInfo, attnum: int, column: str) -> str:
+        """The child's integer key or an index on the FK column, else its heap (by ctid ranges)."""
+        batch = catalog.read_batch_column(self.conn, child.oid, attnum)
+        if batch is not None:
+            return batch
+        if self.conn.info.server_version < ctid.MIN_SERVER:
+            raise PlanError(
+                f"{child.ref} has no single-column integer primary key and no index on {column}, and "
+                "walking its heap needs PostgreSQL 14+ (TID Range Scan); CREATE INDEX CONCURRENTLY on "
+                f"{child.ref} ({column}) first"
+            )
+        return ctid.CTID
+
     def _check_free_names(self, info: catalog.TableInfo, column: str) -> None:
         for derived in (shadow_column(column), retired_column(column)):
             if catalog.read_column(self.conn, info.oid, derived) is not None:
@@ -177,13 +191,7 @@ class _Builder:
                     f"key via {fk.conname}); convert those tables in separate migrations"
                 )
             self._check_free_names(child, col.attname)
-            batch = catalog.read_batch_column(self.conn, child.oid, child_att)
-            if batch is None:
-                raise PlanError(
-                    f"{child.ref} has no single-column integer primary key and no index on "
-                    f"{col.attname}, so the backfill cannot walk it; CREATE INDEX CONCURRENTLY on "
-                    f"{child.ref} ({col.attname}) first"
-                )
+            batch = self._batch_column(child, child_att, col.attname)
             self.converted.setdefault(child.oid, {})[child_att] = "fk"
             writer = catalog.read_writer_without_read(self.conn, child.oid, parent.oid)
             parent_rls = bool(catalog.read_row_security(self.conn, parent.oid).enabled)

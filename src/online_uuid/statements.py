@@ -150,10 +150,35 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
     return stmts
 
 
+def build_fk_move_trigger(f: ForeignKeyConversion) -> list[sql.Composed]:
+    """For a child walked by ctid ranges: fill a missing shadow on any UPDATE, not only of the FK.
+
+    An UPDATE of another column may move an unfilled row into a block the walk has passed; this
+    trigger fills it on the way (the dual-write function, called when the shadow is still NULL).
+    """
+    if f.batch_column != "ctid":
+        return []
+    trig = naming.fk_trigger(f.table, f.column)
+    return [
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW "
+            "WHEN (NEW.{} IS NULL AND NEW.{} IS NOT NULL) EXECUTE FUNCTION {}()"
+        ).format(
+            sql.Identifier(naming.fk_move_trigger(f.table, f.column)),
+            f.table.ident,
+            sql.Identifier(f.shadow),
+            sql.Identifier(f.column),
+            _fn(f.table, trig),
+        )
+    ]
+
+
 def build_drop_fk_triggers(f: ForeignKeyConversion) -> list[sql.Composed]:
     trig = naming.fk_trigger(f.table, f.column)
     fix = naming.fk_fixup_trigger(f.table, f.column)
+    move = naming.fk_move_trigger(f.table, f.column)
     return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(move), f.table.ident),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), f.table.ident),
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, trig)),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(fix), f.table.ident),

@@ -185,12 +185,6 @@ BAD_INPUTS = [
         "CREATE TABLE pol (id int PRIMARY KEY); CREATE POLICY p ON pol USING (id > 0)",
         "policy p on table pol",
     ),
-    (
-        "walk",
-        "CREATE TABLE walk (id int PRIMARY KEY);"
-        "CREATE TABLE walk_child (a int, b int REFERENCES walk (id), PRIMARY KEY (a, b))",
-        "CREATE INDEX CONCURRENTLY",
-    ),
     ("part", "CREATE TABLE part (id int PRIMARY KEY) PARTITION BY RANGE (id)", "partitioned"),
     (
         "setdef",

@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from ..db import LockLost, restore
 from ..model import BackfillJob
 from ..naming import STATE_SCHEMA
+from . import ctid
 from .keyset import build_upper_bound
 from .lock import build_held_check
 from .signals import read_blocked_by_me
@@ -112,13 +113,16 @@ def load_all(conn: psycopg.Connection, mid: str) -> list[dict[str, Any]]:
 
 
 def begin(conn: psycopg.Connection, mid: str, job: BackfillJob, batch_size: int) -> JobState:
-    """Fix the key range once (min/max as of now); later rows already carry their value."""
-    row = conn.execute(
-        sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
-            c=sql.Identifier(job.batch_column), t=job.table.ident
-        )
-    ).fetchone()
-    lo, hi = row if row else (None, None)
+    """Fix the key range once (min/max as of now, or the heap's blocks); later rows carry their value."""
+    if ctid.walks_heap(job.batch_column):
+        lo, hi = ctid.read_block_bounds(conn, job.table)
+    else:
+        row = conn.execute(
+            sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
+                c=sql.Identifier(job.batch_column), t=job.table.ident
+            )
+        ).fetchone()
+        lo, hi = row if row else (None, None)
     conn.execute(
         sql.SQL(
             "UPDATE {} SET min_key = %s, max_key = %s, next_key = %s, batch_size = %s, "
@@ -143,29 +147,50 @@ def reset(conn: psycopg.Connection, mid: str, job_id: str) -> None:
     )
 
 
+def range_sql(job: BackfillJob, alias: str | None = None) -> sql.Composed:
+    """A batch's range: two parameters, the walked column's bounds (both in) or the heap's tids."""
+    if ctid.walks_heap(job.batch_column):
+        return ctid.build_range(alias)
+    col = sql.Identifier(alias, job.batch_column) if alias else sql.Identifier(job.batch_column)
+    return sql.SQL("{c} >= %s AND {c} <= %s").format(c=col)
+
+
 def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
     """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
-    col = sql.Identifier(job.batch_column)
     if job.kind == "key":
-        return sql.SQL("UPDATE {t} SET {s} = {g} WHERE {c} >= %s AND {c} <= %s AND {s} IS NULL").format(
+        return sql.SQL("UPDATE {t} SET {s} = {g} WHERE {r} AND {s} IS NULL").format(
             t=job.table.ident,
             s=sql.Identifier(job.shadow),
             g=sql.SQL(generator),
-            c=col,
+            r=range_sql(job),
         )
     assert job.ref_table and job.ref_column and job.ref_shadow
     return sql.SQL(
         "UPDATE {t} AS c SET {s} = p.{ps} FROM {pt} AS p "
-        "WHERE c.{c} >= %s AND c.{c} <= %s AND p.{pk} = c.{fk} AND c.{s} IS DISTINCT FROM p.{ps}"
+        "WHERE {r} AND p.{pk} = c.{fk} AND c.{s} IS DISTINCT FROM p.{ps}"
     ).format(
         t=job.table.ident,
         s=sql.Identifier(job.shadow),
         ps=sql.Identifier(job.ref_shadow),
         pt=job.ref_table.ident,
-        c=col,
+        r=range_sql(job, "c"),
         pk=sql.Identifier(job.ref_column),
         fk=sql.Identifier(job.column),
     )
+
+
+def _batch_hi(conn: psycopg.Connection, job: BackfillJob, st: JobState, lo: int, size: int) -> int | None:
+    """The batch's last key (keyset: an index walk of `size` entries) or last block (heap walk)."""
+    assert st.max_key is not None
+    if ctid.walks_heap(job.batch_column):
+        assert st.min_key is not None
+        return min(lo + ctid.blocks_for(size, st.rows_estimate, st.min_key, st.max_key) - 1, st.max_key)
+    row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
+    return row[0] if row else None
+
+
+def _range_params(job: BackfillJob, lo: int, hi: int) -> tuple[Any, Any]:
+    return ctid.range_params(lo, hi) if ctid.walks_heap(job.batch_column) else (lo, hi)
 
 
 def _advance_sql() -> sql.Composed:
@@ -216,9 +241,8 @@ def run(
         ).fetchone()
         if not (row and row[5]):
             raise LockLost(f"the session holding the lock of migration {mid} is gone")
-        row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
-        hi = row[0] if row else None
-        rows = conn.execute(update, (lo, hi)).rowcount if hi is not None else 0
+        hi = _batch_hi(conn, job, st, lo, size)
+        rows = conn.execute(update, _range_params(job, lo, hi)).rowcount if hi is not None else 0
         blocked = read_blocked_by_me(conn) if rows else 0
         finished = hi is None or hi >= st.max_key
         nxt = lo if hi is None else min(hi + 1, INT8_MAX)

@@ -189,6 +189,8 @@ def swap_statements(
         st += s.build_create_view(made, view_defs.get(v.view, v.definition))
     for f in plan.foreign_keys:
         st += s.build_fk_triggers(plan, f, out)
+        if out == "shadow":
+            st += s.build_fk_move_trigger(f)
     if side == REVERSE:
         for k in plan.keys:
             st += s.build_key_triggers(plan, k)

@@ -49,6 +49,7 @@ def start_steps(plan: Plan) -> list[Step]:
             s.build_add_column(f.table, f.shadow),
             *s.build_drop_fk_triggers(f),
             *s.build_fk_triggers(plan, f, "shadow"),
+            *s.build_fk_move_trigger(f),
             s.build_enable_always_triggers([f.table]),
         ]
         steps.append(Step(f"start:fk:{f.key}", tuple(stmts), (f.table,), description=f"shadow FK {f.name}"))

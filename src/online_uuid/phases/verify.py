@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..backfill import ctid
 from ..backfill.keyset import read_bounds, read_upper_bound
 from ..catalog import ToolTrigger, read_table_ref, read_tool_triggers
 from ..errors import TriggersChangedError, VerifyError
@@ -15,6 +16,7 @@ from ..model import ForeignKeyConversion, KeyConversion, Plan
 from ..statements import renamed
 
 BATCH = 50_000
+HEAP_BLOCKS = 1_000  # blocks per batch when a table is walked by ctid ranges (8 MB)
 SAMPLE = 5
 
 
@@ -69,6 +71,8 @@ class VerifyReport:
 
 
 def _walk(conn: psycopg.Connection, table: Any, column: str) -> list[tuple[int, int]]:
+    if ctid.walks_heap(column):
+        return ctid.ranges(conn, table, HEAP_BLOCKS)
     lo, hi_max = read_bounds(conn, table, column)
     ranges: list[tuple[int, int]] = []
     while lo is not None and hi_max is not None and lo <= hi_max:
@@ -78,6 +82,17 @@ def _walk(conn: psycopg.Connection, table: Any, column: str) -> list[tuple[int, 
         ranges.append((lo, hi))
         lo = hi + 1
     return ranges
+
+
+def _range(column: str) -> sql.Composed:
+    """A walk batch's bounds on child rows `c`: two parameters (see _range_params)."""
+    if ctid.walks_heap(column):
+        return ctid.build_range("c")
+    return sql.SQL("c.{} BETWEEN %s AND %s").format(sql.Identifier(column))
+
+
+def _range_params(column: str, lo: int, hi: int) -> tuple[Any, Any]:
+    return ctid.range_params(lo, hi) if ctid.walks_heap(column) else (lo, hi)
 
 
 def check_key(conn: psycopg.Connection, k: KeyConversion, shadow: str) -> Check:
@@ -124,32 +139,35 @@ def check_fk(
 ) -> Check:
     """Child rows whose shadow FK is not the parent's shadow key, by join in keyset batches."""
     c = Check(str(f.table), fk_shadow)
-    b = sql.Identifier(batch_column)
+    b = sql.Identifier("c", batch_column)
+    where = _range(batch_column)
     q = sql.SQL(
         "SELECT count(*), count(*) FILTER (WHERE c.{cs} IS DISTINCT FROM p.{ps}) FROM {ct} c "
-        "LEFT JOIN {pt} p ON p.{pk} = c.{fk} WHERE c.{b} BETWEEN %s AND %s"
+        "LEFT JOIN {pt} p ON p.{pk} = c.{fk} WHERE {w}"
     ).format(
+        w=where,
         cs=sql.Identifier(fk_shadow),
         ps=sql.Identifier(key_shadow),
         ct=f.table.ident,
         pt=f.ref_table.ident,
         pk=sql.Identifier(key_column),
         fk=sql.Identifier(fk_column),
-        b=b,
     )
     for lo, hi in _walk(conn, f.table, batch_column):
-        row = conn.execute(q, (lo, hi)).fetchone()
+        params = _range_params(batch_column, lo, hi)
+        row = conn.execute(q, params).fetchone()
         assert row is not None
         c.rows += row[0]
         c.mismatched += row[1]
         if row[1] and len(c.samples) < SAMPLE:
             bad = conn.execute(
                 sql.SQL(
-                    "SELECT c.{b}, c.{fk}, c.{cs}::text, p.{ps}::text "
+                    "SELECT {b}, c.{fk}, c.{cs}::text, p.{ps}::text "
                     "FROM {ct} c LEFT JOIN {pt} p ON p.{pk} = c.{fk} "
-                    "WHERE c.{b} BETWEEN %s AND %s AND c.{cs} IS DISTINCT FROM p.{ps} LIMIT 5"
+                    "WHERE {w} AND c.{cs} IS DISTINCT FROM p.{ps} LIMIT 5"
                 ).format(
                     b=b,
+                    w=where,
                     fk=sql.Identifier(fk_column),
                     cs=sql.Identifier(fk_shadow),
                     ps=sql.Identifier(key_shadow),
@@ -157,7 +175,7 @@ def check_fk(
                     pt=f.ref_table.ident,
                     pk=sql.Identifier(key_column),
                 ),
-                (lo, hi),
+                params,
             ).fetchall()
             c.samples += [{batch_column: r[0], f.column: r[1], "shadow": r[2], "parent": r[3]} for r in bad]
     return c
