@@ -6,7 +6,6 @@ column names, so a renamed column fails loudly instead of reading None.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -471,23 +470,69 @@ def read_publication_columns(conn: psycopg.Connection, oid: int, attnum: int) ->
     return [str(r[0]) for r in rows]
 
 
-def read_functions_naming(conn: psycopg.Connection, names: list[str]) -> list[str]:
-    """User functions whose source text mentions any of these names (invisible to pg_depend)."""
-    if not names:
+@dataclass(frozen=True)
+class Routine:
+    """A user function or procedure that may use a converted table (see routines.py)."""
+
+    signature: str  # regprocedure text, e.g. get_customer_balance(integer,timestamp with time zone)
+    name: str
+    kind: str  # f (function), p (procedure), a (aggregate), w (window)
+    language: str
+    source: str | None  # prosrc
+    definition: str | None  # pg_get_functiondef, for PL/pgSQL (its parser needs the CREATE text)
+    arg_names: list[str]  # input arguments, "" when unnamed
+    arg_types: list[str]
+    arg_type_oids: list[int]
+    returns: str
+    returns_oid: int
+    returns_set: bool
+
+
+def read_routines(conn: psycopg.Connection, names: list[str], row_types: list[int]) -> list[Routine]:
+    """User routines whose source mentions one of these table names, or that take or return one
+    of these row types (extension members and the tool's own functions excluded)."""
+    if not names and not row_types:
         return []
-    rows = conn.execute(
+    return _rows(
+        conn,
+        Routine,
         """
-        SELECT p.oid::regprocedure::text AS fn, p.prosrc
-          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        SELECT p.oid::regprocedure::text AS signature, p.proname AS name, p.prokind::text AS kind,
+               l.lanname AS language, p.prosrc AS source,
+               CASE WHEN l.lanname = 'plpgsql' THEN pg_get_functiondef(p.oid) END AS definition,
+               ARRAY(SELECT coalesce(p.proargnames[a.ord], '')
+                       FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) WITH ORDINALITY a(t, ord)
+                      WHERE coalesce(p.proargmodes[a.ord], 'i') IN ('i', 'b', 'v')
+                      ORDER BY a.ord) AS arg_names,
+               ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY a(t, ord)
+                      ORDER BY a.ord) AS arg_types,
+               ARRAY(SELECT t::int8 FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY a(t, ord)
+                      ORDER BY a.ord) AS arg_type_oids,
+               format_type(p.prorettype, NULL) AS returns, p.prorettype::int8 AS returns_oid,
+               p.proretset AS returns_set
+          FROM pg_proc p
+          JOIN pg_namespace n ON n.oid = p.pronamespace
+          JOIN pg_language l ON l.oid = p.prolang
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'online_uuid')
            AND n.nspname NOT LIKE 'pg\\_%%'
-           AND p.prosrc ILIKE ANY (%s::text[])
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                            AND d.objid = p.oid AND d.deptype = 'e')
+           AND (p.prosrc ILIKE ANY (%s::text[]) OR p.prorettype = ANY (%s::oid[])
+                OR p.proargtypes::oid[] && %s::oid[])
          ORDER BY 1
         """,
-        (["%" + n + "%" for n in names],),
+        (["%" + n + "%" for n in names], row_types, row_types),
+    )
+
+
+def read_row_types(conn: psycopg.Connection, oids: list[int]) -> dict[int, TableRef]:
+    """The composite type of each table: a routine taking or returning it sees the key change type."""
+    rows = conn.execute(
+        "SELECT c.reltype::int8, n.nspname, c.relname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY (%s::oid[])",
+        (oids,),
     ).fetchall()
-    words = [re.compile(r"(?<![A-Za-z0-9_$])" + re.escape(n) + r"(?![A-Za-z0-9_$])", re.I) for n in names]
-    return [str(fn) for fn, src in rows if any(w.search(src or "") for w in words)]
+    return {int(t): TableRef(str(s), str(r)) for t, s, r in rows}
 
 
 def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oid: int) -> str | None:

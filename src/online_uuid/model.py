@@ -144,6 +144,7 @@ class Warning_:
 
     object: str
     message: str
+    argument: str = ""  # for a routine: the argument or variable that will break ("result": its result)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from . import catalog, db, replication
+from . import catalog, db, replication, routines
 from .backfill import ctid
 from .errors import PlanError
 from .model import (
@@ -395,15 +395,12 @@ class _Builder:
         return sorted((replace(k, level=level[k.table]) for k in self.keys), key=lambda k: (k.level, k.table))
 
     def function_warnings(self) -> None:
-        names = sorted({k.table.name for k in self.keys} | {f.table.name for f in self.fks})
-        for fn in catalog.read_functions_naming(self.conn, names):
-            self.warnings.append(
-                Warning_(
-                    object=f"function {fn}",
-                    message="its body names a converted table; pg_depend cannot see it, so check it "
-                    "still works with uuid keys after cutover",
-                )
-            )
+        columns: dict[TableRef, set[str]] = {}
+        for k in self.keys:
+            columns.setdefault(k.table, set()).add(k.column)
+        for f in self.fks:
+            columns.setdefault(f.table, set()).add(f.column)
+        self.warnings += routines.read_warnings(self.conn, columns, sorted(self.converted))
 
 
 def build_plan(
