@@ -836,3 +836,98 @@ def read_session_settings(conn: psycopg.Connection, names: list[str]) -> list[Se
         """,
         (names,),
     )
+
+
+@dataclass(frozen=True)
+class MatViewRow:
+    nspname: str
+    relname: str
+    definition: str
+    populated: bool
+    options: list[str]
+    acl: list[str]
+    owner: str
+    comment: str | None
+    column_comments: list[list[str]]
+    columns: list[str]
+
+
+@dataclass(frozen=True)
+class MatViewIndexRow:
+    name: str
+    unique: bool
+    definition: str
+    head: str  # what pg_get_indexdef prints before the method: CREATE [UNIQUE] INDEX name ON view USING
+    comment: str | None
+
+
+def _qualified(conn: psycopg.Connection, read: Any) -> Any:
+    """Run `read` with search_path = pg_catalog, so pg_get_viewdef/indexdef qualify every name
+    (the text is run again later, maybe from another session with another search_path)."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
+        return read()
+
+
+def read_matview(conn: psycopg.Connection, oid: int) -> MatViewRow:
+    """A materialized view's definition (every name qualified), state, options, grants, owner, comments."""
+    r: MatViewRow | None = _qualified(conn, lambda: _one(conn, MatViewRow, _MATVIEW_SQL, (oid,)))
+    assert r is not None
+    return r
+
+
+_MATVIEW_SQL = """
+        SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) AS definition, c.relispopulated AS populated,
+               coalesce(c.reloptions, '{}') AS options, coalesce(c.relacl::text[], '{}') AS acl,
+               pg_get_userbyid(c.relowner) AS owner, obj_description(c.oid, 'pg_class') AS comment,
+               ARRAY(SELECT ARRAY[a.attname::text, d.description] FROM pg_attribute a
+                       JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass
+                            AND d.objsubid = a.attnum
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 ORDER BY a.attnum) AS column_comments,
+               ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                        AND NOT a.attisdropped ORDER BY a.attnum) AS columns
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = %s
+"""
+
+
+def read_matview_indexes(conn: psycopg.Connection, oid: int) -> list[MatViewIndexRow]:
+    rows: list[MatViewIndexRow] = _qualified(
+        conn, lambda: _rows(conn, MatViewIndexRow, _MATVIEW_INDEX_SQL, (oid,))
+    )
+    return rows
+
+
+_MATVIEW_INDEX_SQL = """
+        SELECT ic.relname AS name, i.indisunique AS unique, pg_get_indexdef(i.indexrelid) AS definition,
+               'CREATE ' || CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX '
+                 || quote_ident(ic.relname) || ' ON ' || i.indrelid::regclass::text || ' USING ' AS head,
+               obj_description(i.indexrelid, 'pg_class') AS comment
+          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+         WHERE i.indrelid = %s
+         ORDER BY ic.relname
+"""
+
+
+def read_dependents_of_relation(conn: psycopg.Connection, oid: int) -> list[str]:
+    """Views, materialized views and rules that read a relation (described by the server)."""
+    rows = conn.execute(
+        "SELECT DISTINCT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_depend d "
+        "JOIN pg_rewrite r ON r.oid = d.objid "
+        "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+        "AND d.refobjid = %s AND r.ev_class <> %s ORDER BY 1",
+        (oid, oid),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def read_rule_constraint_dependencies(conn: psycopg.Connection, rel_oid: int) -> list[str]:
+    """Constraints a view's query relies on (a GROUP BY that uses a primary key's functional dependency)."""
+    rows = conn.execute(
+        "SELECT DISTINCT pg_describe_object(d.refclassid, d.refobjid, 0) FROM pg_depend d "
+        "JOIN pg_rewrite r ON r.oid = d.objid "
+        "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_constraint'::regclass "
+        "AND r.ev_class = %s ORDER BY 1",
+        (rel_oid,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

@@ -139,6 +139,48 @@ class DependentView:
 
 
 @dataclass(frozen=True)
+class MatViewIndex:
+    """An index of a materialized view, rebuilt on its replacement at finalize."""
+
+    name: str
+    unique: bool
+    tail: str  # pg_get_indexdef from `USING` on: method, columns, INCLUDE, WITH, WHERE
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class MaterializedView:
+    """A materialized view that reads a converted column.
+
+    It stays on the retired integer columns from cutover (the reverse triggers keep them right) and
+    is rebuilt on the uuid columns at finalize, under a temporary name, then swapped in.
+    """
+
+    view: TableRef
+    definition: str  # pg_get_viewdef at plan time: its names are the uuid columns after cutover
+    populated: bool = True
+    options: tuple[str, ...] = ()
+    acl: tuple[str, ...] = ()
+    owner: str = ""
+    comment: str | None = None
+    column_comments: tuple[tuple[str, str], ...] = ()  # (column, comment)
+    indexes: tuple[MatViewIndex, ...] = ()
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MaterializedView:
+        return cls(
+            **{
+                **d,
+                "view": TableRef(d["view"]["schema"], d["view"]["name"]),
+                "options": tuple(d["options"]),
+                "acl": tuple(d["acl"]),
+                "column_comments": tuple((c, t) for c, t in d["column_comments"]),
+                "indexes": tuple(MatViewIndex(**i) for i in d["indexes"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class Warning_:
     """Something the tool cannot fix but the user must know (e.g. a function naming a column)."""
 
@@ -231,6 +273,7 @@ class Plan:
     indexes: tuple[IndexTwin, ...] = ()
     views: tuple[DependentView, ...] = ()
     warnings: tuple[Warning_, ...] = ()
+    matviews: tuple[MaterializedView, ...] = ()
     uuid_version: str = "v4"
     generator: str = "gen_random_uuid()"  # SQL expression for new keys
     cascade_deletes: bool = False
@@ -316,6 +359,7 @@ class Plan:
             )
             if k in doc
         }
+        matviews = tuple(MaterializedView.from_json(m) for m in doc.get("matviews", []))
         return cls(
             keys=keys,
             foreign_keys=fks,
@@ -323,6 +367,7 @@ class Plan:
             views=views,
             warnings=warns,
             update_triggers=fired,
+            matviews=matviews,
             **scalars,
             **surroundings,
         )

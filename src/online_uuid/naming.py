@@ -96,3 +96,8 @@ def advisory_key(migration: str) -> str:
 def application_name(migration: str, role: str) -> str:
     """application_name so DBAs can spot and cancel our sessions in pg_stat_activity (64 bytes max)."""
     return f"online-uuid/{migration}/{role}"[:63]
+
+
+def matview_rebuild(name: str) -> str:
+    """Temporary name of a materialized view rebuilt at finalize, until it is swapped in."""
+    return fit(f"{name}_ou_new", salt=name)

@@ -16,6 +16,8 @@ from .model import (
     IndexTwin,
     JobKind,
     KeyConversion,
+    MaterializedView,
+    MatViewIndex,
     Plan,
     TableRef,
     Warning_,
@@ -42,6 +44,8 @@ class _Builder:
         self.fks: list[ForeignKeyConversion] = []
         self.indexes: dict[tuple[TableRef, str], IndexTwin] = {}
         self.views: dict[int, DependentView] = {}
+        self.matviews: dict[int, MaterializedView] = {}
+        self._matview_columns: dict[int, list[str]] = {}
         self.warnings: list[Warning_] = []
         self.converted: dict[int, dict[int, JobKind]] = {}  # table oid -> attnum -> role
         self.tables: dict[int, catalog.TableInfo] = {}
@@ -348,13 +352,67 @@ class _Builder:
         rule = catalog.read_rewrite_view(self.conn, rewrite_oid)
         ref = TableRef(rule.nspname, rule.relname)
         if rule.relkind == "m":
-            raise PlanError(
-                f"materialized view {ref} reads a converted column; it would need a refresh under the "
-                "cutover lock: drop it before the migration and recreate it after"
-            )
+            self._add_matview(int(rule.oid), ref)
+            return
         if rule.relkind != "v" or rule.rulename != "_RETURN":
             raise PlanError(f"{what} reads a converted column; drop the rule before the migration")
         self._add_view(int(rule.oid), depth=0)
+
+    def _add_matview(self, oid: int, ref: TableRef) -> None:
+        """Kept on the retired integer columns from cutover, rebuilt on the uuid columns at finalize."""
+        if oid in self.matviews:
+            return
+        for dep in catalog.read_dependents_of_relation(self.conn, oid):
+            raise PlanError(
+                f"{dep} reads materialized view {ref}, which finalize rebuilds on the uuid columns and "
+                "swaps in under its name: drop it before the migration and recreate it after finalize"
+            )
+        for con in catalog.read_rule_constraint_dependencies(self.conn, oid):
+            raise PlanError(
+                f"materialized view {ref} relies on {con} (a GROUP BY using a primary key's functional "
+                "dependency), which the cutover replaces: list the grouped columns explicitly first"
+            )
+        mv = catalog.read_matview(self.conn, oid)
+        indexes = []
+        for ix in catalog.read_matview_indexes(self.conn, oid):
+            if not ix.definition.startswith(ix.head):
+                raise PlanError(
+                    f"index {ix.name} on materialized view {ref} cannot be copied ({ix.definition}); "
+                    "drop it before the migration and recreate it after finalize"
+                )
+            indexes.append(MatViewIndex(ix.name, ix.unique, ix.definition[len(ix.head) :], ix.comment))
+        self.matviews[oid] = MaterializedView(
+            view=ref,
+            definition=mv.definition,
+            populated=mv.populated,
+            options=tuple(mv.options),
+            acl=tuple(mv.acl),
+            owner=mv.owner,
+            comment=mv.comment,
+            column_comments=tuple((c, t) for c, t in mv.column_comments),
+            indexes=tuple(indexes),
+        )
+        self._matview_columns[oid] = mv.columns
+
+    def matview_warnings(self) -> None:
+        columns: dict[TableRef, set[str]] = {}
+        for k in self.keys:
+            columns.setdefault(k.table, set()).add(k.column)
+        for f in self.fks:
+            columns.setdefault(f.table, set()).add(f.column)
+        converted = routines.Converted({(t.schema, t.name): frozenset(c) for t, c in columns.items()})
+        for oid, mv in self.matviews.items():
+            out = routines.converted_outputs(mv.definition, converted, self._matview_columns[oid])
+            if out == []:
+                continue
+            what = "may carry converted columns" if out is None else "carries " + ", ".join(out)
+            self.warnings.append(
+                Warning_(
+                    object=f"materialized view {mv.view}",
+                    message=f"its output {what}: its rows keep the integer values until finalize rebuilds it "
+                    "on the uuid columns (with fresh data, as a refresh would); then they are uuid",
+                )
+            )
 
     def _add_view(self, oid: int, depth: int) -> None:
         if depth > 50:
@@ -376,8 +434,9 @@ class _Builder:
             rel = catalog.read_table_by_oid(self.conn, child)
             if rel.relkind == "m":
                 raise PlanError(
-                    f"materialized view {rel.ref} reads a view over a converted column; drop it "
-                    "before the migration and recreate it after"
+                    f"materialized view {rel.ref} reads a view over a converted column, which the cutover "
+                    "drops and recreates, and a materialized view cannot be rebuilt inside that short "
+                    "swap: drop it before the migration and recreate it after"
                 )
             self._add_view(child, depth + 1)
 
@@ -425,6 +484,7 @@ def build_plan(
             "online_uuid; GRANT CREATE ON DATABASE ... to this user, or create the schema for it"
         )
     b.function_warnings()
+    b.matview_warnings()
     server = conn.info.server_version
     fired = [
         FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)
@@ -436,6 +496,7 @@ def build_plan(
         indexes=tuple(sorted(b.indexes.values(), key=lambda i: (i.table, i.name))),
         views=tuple(sorted(b.views.values(), key=lambda v: (v.depth, v.view))),
         warnings=tuple(b.warnings),
+        matviews=tuple(sorted(b.matviews.values(), key=lambda m: m.view)),
         uuid_version=uuid_version,
         generator=generator_for(uuid_version, server),
         cascade_deletes=cascade_deletes,

@@ -427,3 +427,31 @@ def read_warnings(
                 )
             )
     return out
+
+
+def converted_outputs(definition: str, converted: Converted, columns: list[str]) -> list[str] | None:
+    """Output columns of a view's query that come straight from a converted column (`SELECT *` too);
+    None when the text does not parse."""
+    try:
+        stmts = parse_statements(definition)
+    except pg_parser.ParseError:
+        return None
+    out: list[str] = []
+    for stmt in stmts[:1]:
+        top = stmt.get("SelectStmt", {})
+        while top.get("larg"):  # UNION & co: the first branch names the columns
+            top = top["larg"]
+        st = _Statement({"SelectStmt": top}, converted, _Scope(), "")
+        for i, rt in enumerate(_nodes(top.get("targetList", []), "ResTarget")):
+            val = _unwrap(rt.get("val"))
+            ref = val.get("ColumnRef") if isinstance(val, dict) else None
+            if ref is not None and _strings(ref["fields"]) is None:  # t.* or *
+                names = _strings(ref["fields"][:-1]) or []
+                tables = st.aliases.get(names[-1], []) if names else st.tables
+                out += [st.converted.display(t, c) for t in tables for c in sorted(converted.columns[t])]
+                continue
+            col = st.column(val)
+            if col:
+                name = columns[i] if i < len(columns) else col
+                out.append(f"{name} ({col})")
+    return out

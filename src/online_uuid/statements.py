@@ -11,6 +11,8 @@ from .model import (
     ForeignKeyConversion,
     IndexTwin,
     KeyConversion,
+    MaterializedView,
+    MatViewIndex,
     Plan,
     Side,
     TableRef,
@@ -482,3 +484,71 @@ def build_index_options(index: TableRef, options: list[str]) -> sql.Composed:
     return sql.SQL("ALTER INDEX {} SET ({})").format(
         index.ident, sql.SQL(", ").join(sql.SQL(o) for o in options)
     )
+
+
+# --- materialized views (rebuilt on the uuid columns at finalize) -------------------------------
+
+
+def build_create_matview(mv: MaterializedView, name: str) -> sql.Composed:
+    """The view's plan-time query (its names are the uuid columns now) under a temporary name."""
+    opts: sql.Composable = sql.SQL("")
+    if mv.options:
+        opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in mv.options))
+    return sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}").format(
+        sql.Identifier(mv.view.schema, name),
+        opts,
+        sql.SQL(mv.definition.rstrip().rstrip(";")),
+        sql.SQL("DATA" if mv.populated else "NO DATA"),
+    )
+
+
+def build_matview_index(mv: MaterializedView, ix: MatViewIndex, name: str) -> sql.Composed:
+    """A copy of one of its indexes, on the rebuilt view (pg_get_indexdef's text from USING on)."""
+    return sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+        sql.SQL("UNIQUE " if ix.unique else ""),
+        sql.Identifier(naming.matview_rebuild(ix.name)),
+        sql.Identifier(mv.view.schema, name),
+        sql.SQL(ix.tail),
+    )
+
+
+def build_drop_matview(view: TableRef, if_exists: bool = False) -> sql.Composed:
+    q = "DROP MATERIALIZED VIEW IF EXISTS {}" if if_exists else "DROP MATERIALIZED VIEW {}"
+    return sql.SQL(q).format(view.ident)
+
+
+def build_matview_swap(mv: MaterializedView) -> list[sql.Composed]:
+    """Old out, rebuilt in under the old name with the old indexes' names, owner, grants, comments."""
+    v = mv.view
+    temp = TableRef(v.schema, naming.matview_rebuild(v.name))
+    stmts = [
+        build_drop_matview(v),
+        sql.SQL("ALTER MATERIALIZED VIEW {} RENAME TO {}").format(temp.ident, sql.Identifier(v.name)),
+    ]
+    stmts += [build_rename_index(v, naming.matview_rebuild(ix.name), ix.name) for ix in mv.indexes]
+    stmts.append(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(v.ident, sql.Identifier(mv.owner)))
+    stmts += [build_grant(v, item) for item in mv.acl if not _own_acl(item, mv.owner)]
+    if mv.comment is not None:
+        stmts.append(
+            sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(v.ident, sql.Literal(mv.comment))
+        )
+    for column, text in mv.column_comments:
+        stmts.append(
+            sql.SQL("COMMENT ON COLUMN {} IS {}").format(
+                sql.Identifier(v.schema, v.name, column), sql.Literal(text)
+            )
+        )
+    for ix in mv.indexes:
+        if ix.comment is not None:
+            stmts.append(
+                sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                    sql.Identifier(v.schema, ix.name), sql.Literal(ix.comment)
+                )
+            )
+    return stmts
+
+
+def _own_acl(aclitem: str, owner: str) -> bool:
+    """The owner's own default privileges: the new owner has them already."""
+    grantee = aclitem.partition("=")[0].strip('"')
+    return grantee == owner and aclitem.endswith("/" + owner)

@@ -170,8 +170,21 @@ BAD_INPUTS = [
     ("checked", "CREATE TABLE checked (id int PRIMARY KEY CHECK (id > 0))", "drop it before the migration"),
     (
         "mv",
-        "CREATE TABLE mv (id int PRIMARY KEY); CREATE MATERIALIZED VIEW mv_view AS SELECT id FROM mv",
-        "materialized view",
+        "CREATE TABLE mv (id int PRIMARY KEY); CREATE VIEW mv_v AS SELECT id FROM mv;"
+        "CREATE MATERIALIZED VIEW mv_view AS SELECT id FROM mv_v",
+        "cannot be rebuilt inside that short swap",
+    ),
+    (
+        "mvdep",
+        "CREATE TABLE mvdep (id int PRIMARY KEY); CREATE MATERIALIZED VIEW mvdep_m AS SELECT id FROM mvdep;"
+        "CREATE VIEW mvdep_v AS SELECT id FROM mvdep_m",
+        "view mvdep_v reads materialized view public.mvdep_m",
+    ),
+    (
+        "mvgroup",
+        "CREATE TABLE mvgroup (id int PRIMARY KEY, name text);"
+        "CREATE MATERIALIZED VIEW mvgroup_m AS SELECT id, name FROM mvgroup GROUP BY id",
+        "relies on constraint mvgroup_pkey",
     ),
     (
         "trig",
