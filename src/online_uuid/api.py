@@ -76,10 +76,19 @@ def _check_throttle_query(conn: psycopg.Connection, query: str | None) -> None:
         check_throttle_query(conn, query)
 
 
-def plan(dsn: str, tables: Sequence[str], *, uuid_version: str = "v4", cascade_deletes: bool = False) -> Plan:
+def plan(
+    dsn: str,
+    tables: Sequence[str],
+    *,
+    uuid_version: str = "v4",
+    cascade_deletes: bool = False,
+    key_from: Sequence[str] = (),
+) -> Plan:
     """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
     with connect(dsn, "online-uuid/plan") as conn:
-        return build_plan(conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes)
+        return build_plan(
+            conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes, key_from=key_from
+        )
 
 
 def plan_subscriber_sql(dsn: str, p: Plan) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row
 
 from .model import SessionSetting, TableRef
@@ -931,3 +932,14 @@ def read_rule_constraint_dependencies(conn: psycopg.Connection, rel_oid: int) ->
         (rel_oid,),
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def read_nulls_and_duplicates(conn: psycopg.Connection, table: TableRef, column: str) -> tuple[int, int]:
+    """(rows with NULL, extra copies of repeated values) in one column: one scan, read only."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FILTER (WHERE {c} IS NULL), count({c}) - count(DISTINCT {c}) FROM {t}"
+        ).format(c=sql.Identifier(column), t=table.ident)
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

@@ -68,6 +68,13 @@ CascadeDeletes = Annotated[
     bool,
     typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover."),
 ]
+KeyFrom = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--key-from",
+        help="TABLE.COLUMN: the new key takes this existing uuid column's values (repeatable).",
+    ),
+]
 
 # --- backfill options: declared once, shared by `start`, `backfill` and `throttle` ---------------
 # Each parameter is named after its BackfillSettings field, so `_backfill_fields` needs no mapping.
@@ -318,6 +325,7 @@ def plan(
     ] = False,
     uuid: Uuid = "v4",
     cascade_deletes: CascadeDeletes = False,
+    key_from: KeyFrom = None,
     log_format: LogFormat = "console",
 ) -> None:
     """Show what converting these tables touches, in dependency order. Reads only."""
@@ -325,7 +333,10 @@ def plan(
 
     d = resolve_dsn(dsn)
     p = _run(
-        lambda: api.plan(d, table, uuid_version=uuid, cascade_deletes=cascade_deletes), log_format=log_format
+        lambda: api.plan(
+            d, table, uuid_version=uuid, cascade_deletes=cascade_deletes, key_from=tuple(key_from or ())
+        ),
+        log_format=log_format,
     )
     if as_sql:
         out.print(_run(lambda: api.plan_sql(d, p)), markup=False, highlight=False)
@@ -344,6 +355,7 @@ def start(
     migration: Migration = None,
     uuid: Uuid = "v4",
     cascade_deletes: CascadeDeletes = False,
+    key_from: KeyFrom = None,
     no_backfill: Annotated[
         bool, typer.Option("--no-backfill", help="Expand only; run `backfill` later.")
     ] = False,
@@ -380,6 +392,7 @@ def start(
             allow_trigger_side_effects=allow_trigger_side_effects,
             subscribers_prepared=subscribers_prepared,
             reset_sessions=tuple(reset_sessions or ()),
+            key_from=tuple(key_from or ()),
         )
     )
     lock = _run(

@@ -71,6 +71,7 @@ class KeyConversion:
     rows: int = 0  # reltuples estimate
     bytes: int = 0  # pg_total_relation_size
     level: int = 0  # dependency depth: 0 for roots
+    adopt: str = ""  # `start --key-from`: an existing uuid column whose values the new key takes
 
     @property
     def key(self) -> str:
@@ -403,6 +404,7 @@ def backfill_jobs(plan: Plan) -> list[BackfillJob]:
                 shadow=k.shadow,
                 batch_column=k.column,
                 level=k.level,
+                extra={"adopt": k.adopt} if k.adopt else {},
             )
         )
     for f in sorted(plan.foreign_keys, key=lambda f: (f.table, f.column)):

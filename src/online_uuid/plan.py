@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import psycopg
 
@@ -449,8 +450,6 @@ class _Builder:
             for f in self.fks:
                 if f.table in level and f.table != f.ref_table:
                     level[f.table] = max(level[f.table], min(level[f.ref_table] + 1, len(self.keys)))
-        from dataclasses import replace
-
         return sorted((replace(k, level=level[k.table]) for k in self.keys), key=lambda k: (k.level, k.table))
 
     def function_warnings(self) -> None:
@@ -462,12 +461,51 @@ class _Builder:
         self.warnings += routines.read_warnings(self.conn, columns, sorted(self.converted))
 
 
+def split_key_from(text: str) -> tuple[str, str]:
+    """`TABLE.COLUMN` as SQL reads it: the table part as typed, the column unquoted (or folded)."""
+    quoted, last_dot = False, -1
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "." and not quoted:
+            last_dot = i
+    table, column = text[:last_dot], text[last_dot + 1 :]
+    if last_dot <= 0 or not column or quoted:
+        raise PlanError(f"--key-from {text}: expected TABLE.COLUMN, e.g. customer.public_id")
+    if column.startswith('"') and column.endswith('"') and len(column) >= 2:
+        return table, column[1:-1].replace('""', '"')
+    return table, column.lower()
+
+
+def _adopt(conn: psycopg.Connection, keys: list[KeyConversion], spec: str) -> list[KeyConversion]:
+    """`--key-from`: the listed table's new key takes an existing uuid column's values."""
+    name, column = split_key_from(spec)
+    oid = catalog.resolve_table(conn, name)
+    info = catalog.read_table_by_oid(conn, oid) if oid is not None else None
+    k = next((k for k in keys if info is not None and k.table == info.ref), None)
+    if info is None or k is None:
+        raise PlanError(f"--key-from {spec}: {name} is not a table listed with --table; list it too")
+    col = catalog.read_column(conn, info.oid, column)
+    if col is None:
+        raise PlanError(f"--key-from {spec}: {info.ref} has no column {column}")
+    if col.type != "uuid":
+        raise PlanError(f"--key-from {spec}: {info.ref}.{column} is {col.type}, not uuid")
+    nulls, dups = catalog.read_nulls_and_duplicates(conn, info.ref, column)
+    if nulls or dups:
+        raise PlanError(
+            f"--key-from {spec}: {info.ref}.{column} holds {nulls} NULL(s) and {dups} duplicate value(s); "
+            "a key needs every value present and unique: fix them (and add NOT NULL and a unique index) first"
+        )
+    return [replace(x, adopt=column) if x is k else x for x in keys]
+
+
 def build_plan(
     conn: psycopg.Connection,
     tables: Sequence[str],
     *,
     uuid_version: str = "v4",
     cascade_deletes: bool = False,
+    key_from: Sequence[str] = (),
 ) -> Plan:
     """Discover everything the migration of `tables` touches; raise PlanError on what it can't do."""
     if not tables:
@@ -490,8 +528,11 @@ def build_plan(
         FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)
         for r in catalog.read_update_triggers(conn, sorted(b.converted))
     ]
+    keys = b.levels()
+    for spec in key_from:
+        keys = _adopt(conn, keys, spec)
     return Plan(
-        keys=tuple(b.levels()),
+        keys=tuple(keys),
         foreign_keys=tuple(sorted(b.fks, key=lambda f: (f.table, f.column))),
         indexes=tuple(sorted(b.indexes.values(), key=lambda i: (i.table, i.name))),
         views=tuple(sorted(b.views.values(), key=lambda v: (v.depth, v.view))),

@@ -91,6 +91,11 @@ def print_plan(plan: Plan, console: Console) -> None:
             )
             idx.add_row(str(ix.table), ix.name, ", ".join(ix.columns), kind)
         console.print(idx)
+    for k in plan.keys:
+        if k.adopt:
+            console.print(f"{k.table}.{k.column}: the new key takes the values of {k.adopt} (--key-from)")
+    for m in plan.matviews:
+        console.print(f"materialized view {m.view} stays on the integer columns until finalize rebuilds it")
     for v in plan.views:
         console.print(f"view {v.view} is recreated in the cutover transaction (grants and options kept)")
     fired = plan.backfill_side_effects()

@@ -53,6 +53,7 @@ class StartSettings:
     allow_trigger_side_effects: bool = False  # let the backfill fire user triggers (no replica role)
     subscribers_prepared: bool = False  # the subscribers of publications carrying the tables are ready
     reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end once the columns exist
+    key_from: tuple[str, ...] = ()  # TABLE.COLUMN: adopt an existing uuid column as the new key
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):

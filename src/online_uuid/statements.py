@@ -65,13 +65,16 @@ def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
     trig = naming.key_trigger(k.table, k.column)
     keep = trig + "_keep"
     shadow = sql.Identifier(k.shadow)
+    gen: sql.Composable = generator(plan)
+    when: sql.Composable = sql.SQL(" WHEN (NEW.{} IS NULL)").format(shadow)
+    if k.adopt:  # the new key is the adopted column's value, on every insert (the default is for later)
+        gen = sql.SQL("COALESCE(NEW.{}, {})").format(sql.Identifier(k.adopt), gen)
+        when = sql.SQL("")
     return [
-        render(
-            "keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=generator(plan)
+        render("keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=gen),
+        sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW{} EXECUTE FUNCTION {}()").format(
+            sql.Identifier(trig), k.table.ident, when, _fn(k.table, trig)
         ),
-        sql.SQL(
-            "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW WHEN (NEW.{} IS NULL) EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(trig), k.table.ident, shadow, _fn(k.table, trig)),
         sql.SQL(
             "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {} FOR EACH ROW "
             "WHEN (OLD.{} IS NOT NULL AND NEW.{} IS DISTINCT FROM OLD.{}) EXECUTE FUNCTION {}()"

@@ -158,10 +158,13 @@ def range_sql(job: BackfillJob, alias: str | None = None) -> sql.Composed:
 def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
     """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
     if job.kind == "key":
+        gen: sql.Composable = sql.SQL(generator)
+        if job.extra.get("adopt"):  # --key-from: the key takes the adopted column's value
+            gen = sql.SQL("coalesce({}, {})").format(sql.Identifier(job.extra["adopt"]), gen)
         return sql.SQL("UPDATE {t} SET {s} = {g} WHERE {r} AND {s} IS NULL").format(
             t=job.table.ident,
             s=sql.Identifier(job.shadow),
-            g=sql.SQL(generator),
+            g=gen,
             r=range_sql(job),
         )
     assert job.ref_table and job.ref_column and job.ref_shadow

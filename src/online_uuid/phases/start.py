@@ -126,7 +126,11 @@ def prepare_migration(
         return existing.id, existing.plan, True
     try:
         plan = build_plan(
-            conn, tables, uuid_version=settings.uuid_version, cascade_deletes=settings.cascade_deletes
+            conn,
+            tables,
+            uuid_version=settings.uuid_version,
+            cascade_deletes=settings.cascade_deletes,
+            key_from=settings.key_from,
         )
         fired = plan.backfill_side_effects()
         if fired and not settings.allow_trigger_side_effects:
@@ -145,6 +149,7 @@ def prepare_migration(
         "uuid": settings.uuid_version,
         "cascade_deletes": settings.cascade_deletes,
         "allow_trigger_side_effects": settings.allow_trigger_side_effects,
+        "key_from": list(settings.key_from),
     }
     state.create(conn, mid, plan, options)
     return mid, plan, False
