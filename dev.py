@@ -235,6 +235,7 @@ MINIMUM_TESTS = (
     "tests/unit",
     "tests/e2e/test_lifecycle.py",
     "tests/integration/test_plan.py",
+    "tests/integration/test_plan_routines.py",
     "tests/integration/test_cutover.py",
     "tests/integration/test_finalize.py",
 )

@@ -943,3 +943,14 @@ def read_nulls_and_duplicates(conn: psycopg.Connection, table: TableRef, column:
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def read_partition_root(conn: psycopg.Connection, oid: int) -> TableRef:
+    """The partitioned table at the top of a partition tree (the table itself when it is the root)."""
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = coalesce(pg_partition_root(%s::oid), %s::oid)",
+        (oid, oid),
+    ).fetchone()
+    assert row is not None
+    return TableRef(str(row[0]), str(row[1]))

@@ -51,18 +51,28 @@ class _Builder:
         self.converted: dict[int, dict[int, JobKind]] = {}  # table oid -> attnum -> role
         self.tables: dict[int, catalog.TableInfo] = {}
 
-    def table(self, oid: int) -> catalog.TableInfo:
+    def table(self, oid: int, references: str = "") -> catalog.TableInfo:
+        """A table to change: its own key is converted, or (`references` given) a foreign key of it."""
         if oid not in self.tables:
             info = catalog.read_table_by_oid(self.conn, oid)
-            self._check_table(info)
+            self._check_table(info, references)
             self.tables[oid] = info
         return self.tables[oid]
 
-    def _check_table(self, t: catalog.TableInfo) -> None:
+    def _check_table(self, t: catalog.TableInfo, references: str = "") -> None:
         if t.relkind == "p" or t.is_partition:
+            root = catalog.read_partition_root(self.conn, t.oid)
+            if not references:
+                raise PlanError(
+                    f"{root} is partitioned; its key cannot become uuid online: a partitioned table's "
+                    "primary key must contain the partition key (so a single-column key is the partition "
+                    "key itself) and its partition bounds are integers, which a uuid cannot take; convert "
+                    "it offline (re-partition)"
+                )
             raise PlanError(
-                f"{t.ref} is partitioned (or a partition); online-uuid does not convert partitioned "
-                "tables yet: convert it offline or detach the partitions first"
+                f"{root} is partitioned and references {references}; online-uuid does not convert foreign "
+                "keys of partitioned tables yet: drop that foreign key before the migration and recreate "
+                "it on the uuid column after cutover"
             )
         if t.relkind != "r":
             raise PlanError(f"{t.ref} is not a table (relkind {t.relkind}); list tables only")
@@ -174,7 +184,7 @@ class _Builder:
 
     def _add_referencing_fks(self, parent: catalog.TableInfo, column: str, attnum: int) -> None:
         for fk in catalog.read_referencing_fks(self.conn, parent.oid, attnum):
-            child = self.table(int(fk.child_oid))
+            child = self.table(int(fk.child_oid), references=f"{parent.ref}.{column}")
             if len(fk.conkey) != 1:
                 raise PlanError(
                     f"foreign key {fk.conname} on {child.ref} is composite and references "

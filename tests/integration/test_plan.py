@@ -198,7 +198,18 @@ BAD_INPUTS = [
         "CREATE TABLE pol (id int PRIMARY KEY); CREATE POLICY p ON pol USING (id > 0)",
         "policy p on table pol",
     ),
-    ("part", "CREATE TABLE part (id int PRIMARY KEY) PARTITION BY RANGE (id)", "partitioned"),
+    (
+        "part",
+        "CREATE TABLE part (id int PRIMARY KEY) PARTITION BY RANGE (id)",
+        "partition bounds are integers",
+    ),
+    (
+        "partref",
+        "CREATE TABLE partref (id int PRIMARY KEY);"
+        "CREATE TABLE partref_pay (d date, r int REFERENCES partref) PARTITION BY RANGE (d);"
+        "CREATE TABLE partref_pay_1 PARTITION OF partref_pay FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')",
+        "public.partref_pay is partitioned and references public.partref.id",
+    ),
     (
         "setdef",
         "CREATE TABLE setdef (id int PRIMARY KEY);"
