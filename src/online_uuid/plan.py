@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import psycopg
 
-from . import catalog, db, replication, routines
+from . import catalog, db, replication, routines, sqlscan
 from .backfill import ctid
 from .errors import PlanError
 from .model import (
@@ -411,9 +411,9 @@ class _Builder:
             columns.setdefault(k.table, set()).add(k.column)
         for f in self.fks:
             columns.setdefault(f.table, set()).add(f.column)
-        converted = routines.Converted({(t.schema, t.name): frozenset(c) for t, c in columns.items()})
+        converted = sqlscan.Converted({(t.schema, t.name): frozenset(c) for t, c in columns.items()})
         for oid, mv in self.matviews.items():
-            out = routines.converted_outputs(mv.definition, converted, self._matview_columns[oid])
+            out = sqlscan.converted_outputs(mv.definition, converted, self._matview_columns[oid])
             if out == []:
                 continue
             what = "may carry converted columns" if out is None else "carries " + ", ".join(out)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import catalog_snapshot, cli_in_process
 
+from helpers import catalog_snapshot, cli_in_process
 from online_uuid import api
 
 DDL = """

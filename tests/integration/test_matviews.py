@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import psycopg
-from helpers import writing
 
+from helpers import writing
 from online_uuid import api
 
 DDL = """

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from online_uuid.routines import Converted, analyse_plpgsql, analyse_sql_function
+from online_uuid.routines import analyse_plpgsql, analyse_sql_function
+from online_uuid.sqlscan import Converted
 
 CONVERTED = Converted(
     {("public", "customer"): frozenset({"customer_id"}), ("sales", "rental"): frozenset({"customer_id"})}
