@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import psycopg
@@ -10,6 +11,7 @@ import pytest
 
 from helpers import writing
 from online_uuid import api
+from online_uuid.backfill import run_backfill
 from online_uuid.backfill.progress import JobProgress
 from online_uuid.settings import BackfillSettings, StartSettings
 
@@ -167,3 +169,44 @@ def test_heap_walk_misses_no_row_under_concurrent_updates_that_move_rows(
     assert moved is not None and moved[0] > 500
     assert _wrong_links(conn, "film_category") == 0
     assert api.verify(dsn).ok
+
+
+class _StopAt(_Fractions):
+    """Stops the run once film_category's walk passes a share of its blocks."""
+
+    def __init__(self, stop: threading.Event, at: float) -> None:
+        super().__init__()
+        self.stop, self.at = stop, at
+
+    def job(self, snap: JobProgress) -> None:
+        super().job(snap)
+        if snap.job_id.endswith("film_category.category_id") and snap.fraction >= self.at:
+            self.stop.set()
+
+
+def test_heap_walk_stops_and_resumes_at_its_saved_block(dsn: str, conn: psycopg.Connection) -> None:
+    _fill(conn, films=3000, categories=40)
+    mid = api.start(dsn, ["category"], settings=StartSettings(backfill=False))
+    stop = threading.Event()
+    settings = BackfillSettings(vacuum_every_pct=0, initial_batch_size=200, max_batch_size=200)
+    first = run_backfill(dsn, mid, settings, progress=_StopAt(stop, 0.3), stop=stop, take_lock=True)
+    assert first.stopped
+    row = conn.execute(
+        "SELECT next_key, max_key, rows_done FROM online_uuid.backfill WHERE job_id LIKE '%%film_category%%'"
+    ).fetchone()
+    assert row is not None
+    nxt, last, done = row
+    assert 0 < nxt <= last and done > 0
+    # the saved block is exactly where the filled rows end
+    tid = f"({nxt},0)"
+    assert conn.execute(
+        "SELECT count(*) FROM film_category WHERE category_id_uuid IS NULL AND ctid < %s::tid", (tid,)
+    ).fetchone() == (0,)
+    left = conn.execute(
+        "SELECT count(*) FROM film_category WHERE category_id_uuid IS NULL AND ctid >= %s::tid", (tid,)
+    ).fetchone()
+    assert left is not None and left[0] > 0
+
+    second = run_backfill(dsn, mid, settings, take_lock=True)
+    assert not second.stopped and second.rows["fk:public.film_category.category_id"] == left[0]
+    assert _wrong_links(conn, "film_category") == 0 and api.verify(dsn).ok
