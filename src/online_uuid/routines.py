@@ -240,7 +240,10 @@ def read_warnings(
         for f in findings:
             out.append(Warning_(object=label, message=f.message, argument=f.name))
         if not findings and _names_a_table(r.source, names):
-            why = "" if body is not None else f" ({r.language} is not parsed here)"
+            why = ""
+            if body is None:
+                parsed = r.language in ("sql", "plpgsql")
+                why = " (its body did not parse)" if parsed else f" ({r.language} is not parsed here)"
             out.append(
                 Warning_(
                     object=label,

@@ -40,6 +40,8 @@ CREATE FUNCTION "Move Rental"(p_rental int, p_to int) RETURNS void LANGUAGE sql
 CREATE FUNCTION store_count(p int) RETURNS bigint LANGUAGE sql
     AS 'SELECT count(*) FROM customer WHERE store_id = p';
 CREATE FUNCTION unrelated(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 1';
+SET check_function_bodies = off;
+CREATE FUNCTION broken() RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN (SELECT 1 FROM customer; END';
 """
 
 
@@ -67,6 +69,7 @@ def test_routines_that_break_are_listed_with_the_argument_or_variable(
     assert ('function "Move Rental"(integer,integer)', "p_rental") not in found  # rental_id stays integer
     assert "names a converted table" in found[("function store_count(integer)", "")]
     assert not any("unrelated" in obj for obj, _ in found)
+    assert "(its body did not parse)" in found[("function broken()", "")]
 
     result = CliRunner().invoke(app, ["plan", "-t", "customer", "--json", "--dsn", dsn])
     assert result.exit_code == 0, result.output
