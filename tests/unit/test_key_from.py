@@ -13,5 +13,5 @@ def test_key_from_splits_at_the_last_unquoted_dot() -> None:
     assert split_key_from("Shop.Customer.Public_ID") == ("Shop.Customer", "public_id")  # folded, as SQL does
     assert split_key_from('"a.b"."c.d"."Public ""Id"""') == ('"a.b"."c.d"', 'Public "Id"')
     for bad in ("public_id", ".x", "t.", '"t.x'):
-        with pytest.raises(PlanError, match="TABLE.COLUMN"):
+        with pytest.raises(PlanError, match=r"TABLE\.COLUMN"):
             split_key_from(bad)
