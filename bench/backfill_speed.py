@@ -112,7 +112,10 @@ def main() -> None:
                     conn.execute("ALTER TABLE app.child ADD COLUMN parent_id_uuid uuid")
             if name != "oneshot":
                 mids[name] = api.start(
-                    dsn, ["app.parent"], migration=name, settings=StartSettings(backfill=False)
+                    dsn,
+                    ["app.parent"],
+                    migration=name,
+                    settings=StartSettings(backfill=False, uuid_source="random"),
                 )
         print(f"three identical copies of {parents:,} parents + {children:,} children loaded", flush=True)
         before = {name: sizes(dsn) for name, dsn in dsns.items()}

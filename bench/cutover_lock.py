@@ -132,7 +132,12 @@ def prepare_pair(dsn: str, schema: str, n: int) -> tuple[str, dict[str, float]]:
         common.create_pair(conn, schema, n, n)
         common.vacuum_analyze(conn, schema)
         t["load_s"] = time.monotonic() - t0
-    mid = api.start(dsn, [f"{schema}.parent"], migration=schema, settings=StartSettings(backfill=False))
+    mid = api.start(
+        dsn,
+        [f"{schema}.parent"],
+        migration=schema,
+        settings=StartSettings(backfill=False, uuid_source="random"),
+    )
     t0 = time.monotonic()
     # One-shot fills, split in two key ranges run by two sessions at once (2 cores).
     half = n // 2

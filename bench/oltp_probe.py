@@ -193,7 +193,9 @@ def case(
     with common.connect(dsn) as conn:
         common.create_pair(conn, "app", parents, children)
         common.vacuum_analyze(conn, "app")
-    mid = api.start(dsn, ["app.parent"], migration=name, settings=StartSettings(backfill=False))
+    mid = api.start(
+        dsn, ["app.parent"], migration=name, settings=StartSettings(backfill=False, uuid_source="random")
+    )
     idle: list[list[Sample]] = []
     busy: list[list[Sample]] = []
     idle_other: list[float] = []

@@ -116,7 +116,12 @@ def main() -> None:
                 )
 
         sequential("before", "before start")
-        mid = api.start(dsn, ["app.parent"], migration="bench", settings=StartSettings(backfill=False))
+        mid = api.start(
+            dsn,
+            ["app.parent"],
+            migration="bench",
+            settings=StartSettings(backfill=False, uuid_source="random"),
+        )
         with common.connect(dsn) as conn:
             t0 = time.monotonic()
             conn.execute("UPDATE app.parent SET id_uuid = gen_random_uuid() WHERE id_uuid IS NULL")

@@ -119,12 +119,16 @@ def series(title: str, unit: str, description: str, *pairs: Target) -> timeserie
 
 
 def phase() -> stat.Panel:
-    panel = big_value(
+    panel = stat.Panel().reduce_options(last_value()).graph_mode(common.BigValueGraphMode.NONE)
+    text = "The migration's current phase, and how pre-cutover UUIDs are made (derived or random)."
+    panel = common_to(  # type: ignore[assignment]
+        panel,
         "Phase",
         "none",
-        4,
-        "The migration's current phase.",
+        (4, 5),
+        text,
         (f"max by (phase) ({sel('online_uuid_phase')}) == 1", "{{phase}}"),
+        (f"max by (uuid_source) ({sel('online_uuid_info')}) == 1", "UUIDs {{uuid_source}}"),
     )
     return panel.color_mode(common.BigValueColorMode.NONE).text_mode(common.BigValueTextMode.NAME)
 

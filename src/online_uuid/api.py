@@ -83,11 +83,17 @@ def plan(
     uuid_version: str = "v4",
     cascade_deletes: bool = False,
     key_from: Sequence[str] = (),
+    uuid_source: str | None = None,
 ) -> Plan:
     """Discover what converting `tables` touches; raises PlanError (exit 2) on anything unsafe."""
     with connect(dsn, "online-uuid/plan") as conn:
         return build_plan(
-            conn, tables, uuid_version=uuid_version, cascade_deletes=cascade_deletes, key_from=key_from
+            conn,
+            tables,
+            uuid_version=uuid_version,
+            cascade_deletes=cascade_deletes,
+            key_from=key_from,
+            uuid_source=uuid_source,
         )
 
 
@@ -153,6 +159,7 @@ def start(
         mid, p, _resumed = start_phase.prepare_migration(conn, tables, migration, settings)
         with state.migration_lock(conn, mid):
             if metrics:
+                metrics.set_info(p.uuid_source)
                 metrics.set_phase(Phase.EXPANDING)
             expanding = state.load(conn, mid).phase == Phase.EXPANDING
             start_phase.run_expand(conn, mid, p, lock)
@@ -212,7 +219,8 @@ def verify(
     if not repair:
         with _session(dsn, migration, "verify", lock=False) as (conn, mid):
             m = state.load(conn, mid)
-            return run_verify(conn, m.plan, cut_over=m.phase in (Phase.CUT_OVER, Phase.REVERTING))
+            cut_over = m.phase in (Phase.CUT_OVER, Phase.REVERTING)
+            return run_verify(conn, m.plan, cut_over=cut_over, derived=_derived(conn, m))
     from .backfill.repair import run_repair
 
     with _session(dsn, migration, "verify") as (conn, mid):
@@ -222,15 +230,24 @@ def verify(
                 f"migration {mid} is {m.phase}; verify --repair runs after the backfill and before "
                 "cutover (after a cutover: `online-uuid rollback` first)"
             )
-        report = run_verify(conn, m.plan)
+        report = run_verify(conn, m.plan, derived=_derived(conn, m))
         fixed = {}
         if report.failing():
             fixed = run_repair(
                 dsn, mid, report.failing(), settings or BackfillSettings(), metrics=metrics, progress=progress
             )
-            report = run_verify(conn, m.plan)
+            report = run_verify(conn, m.plan, derived=_derived(conn, m))
         report.repaired = fixed
         return report
+
+
+def _derived(conn: psycopg.Connection, m: state.Migration) -> bool:
+    """Every shadow is still derive(column): derived mode, never cut over.
+
+    After a rollback that swapped back, rows made while cut over carry generated UUIDs, so the
+    forward triggers are the lookup ones and verify checks by join.
+    """
+    return m.plan.derived and not state.was_cut_over(conn, m.id)
 
 
 def cutover_check(
@@ -261,12 +278,13 @@ def cutover(
         guard = None
         if m.phase in (Phase.BACKFILLED, Phase.PREPARING):
             guard = read_guard(conn, m.plan)  # before the verify: compared again under the swap's lock
-            report = run_verify(conn, m.plan)
+            report = run_verify(conn, m.plan, derived=_derived(conn, m))
             if not report.ok:
                 raise VerifyError(
                     f"verify failed, cutover refused: {report.first_problem()}", report.to_json()
                 )
         if metrics:
+            metrics.set_info(m.plan.uuid_source)
             for outcome in CUTOVER_OUTCOMES:
                 metrics.cutover_attempts.labels(outcome=outcome)  # every series exists at 0
         result = cutover_phase.run_cutover(conn, mid, m.plan, settings, metrics, guard=guard)

@@ -64,6 +64,14 @@ Tables = Annotated[
     list[str], typer.Option("--table", "-t", help="Table to convert (repeatable; schema.name).")
 ]
 Uuid = Annotated[str, typer.Option("--uuid", help="v4 (gen_random_uuid) or v7 (time-ordered).")]
+UuidSource = Annotated[
+    str | None,
+    typer.Option(
+        "--uuid-source",
+        help="derived (default for v4: UUIDs of existing rows are a keyed hash of table and id, no parent "
+        "lookups) or random (generated UUIDs, children look their parent's up; forced for --uuid v7).",
+    ),
+]
 CascadeDeletes = Annotated[
     bool,
     typer.Option("--cascade-deletes", help="Every converted FK becomes ON DELETE CASCADE at cutover."),
@@ -326,6 +334,7 @@ def plan(
     uuid: Uuid = "v4",
     cascade_deletes: CascadeDeletes = False,
     key_from: KeyFrom = None,
+    uuid_source: UuidSource = None,
     log_format: LogFormat = "console",
 ) -> None:
     """Show what converting these tables touches, in dependency order. Reads only."""
@@ -334,7 +343,12 @@ def plan(
     d = resolve_dsn(dsn)
     p = _run(
         lambda: api.plan(
-            d, table, uuid_version=uuid, cascade_deletes=cascade_deletes, key_from=tuple(key_from or ())
+            d,
+            table,
+            uuid_version=uuid,
+            cascade_deletes=cascade_deletes,
+            key_from=tuple(key_from or ()),
+            uuid_source=uuid_source,
         ),
         log_format=log_format,
     )
@@ -374,6 +388,7 @@ def start(
         ),
     ] = False,
     reset_sessions: ResetSessions = None,
+    uuid_source: UuidSource = None,
     lock_timeout: LockTimeout = 500,
     max_attempts: MaxAttempts = 20,
     retry_for: RetryFor = 60.0,
@@ -393,6 +408,7 @@ def start(
             subscribers_prepared=subscribers_prepared,
             reset_sessions=tuple(reset_sessions or ()),
             key_from=tuple(key_from or ()),
+            uuid_source=uuid_source,
         )
     )
     lock = _run(

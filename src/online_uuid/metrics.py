@@ -28,6 +28,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_uuid_canary_baseline_seconds": ("gauge", ()),
     "online_uuid_latency_impact_ratio": ("gauge", ()),
     "online_uuid_allowed_rows_per_second": ("gauge", ()),
+    "online_uuid_info": ("gauge", ("uuid_source",)),
 }
 
 BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -122,6 +123,15 @@ class Metrics:
         self.allowed_rate = Gauge(
             "online_uuid_allowed_rows_per_second", "Rows/s the latency budget allows now.", registry=r
         )
+        self.info = Gauge(
+            "online_uuid_info",
+            "1, labelled with how pre-cutover UUIDs are made (derived or random).",
+            ("uuid_source",),
+            registry=r,
+        )
+
+    def set_info(self, uuid_source: str) -> None:
+        self.info.labels(uuid_source=uuid_source).set(1)
 
     def set_phase(self, phase: str) -> None:
         from .model import Phase

@@ -15,6 +15,9 @@ PLAN_FORMAT_VERSION = 1
 Side = Literal["shadow", "retired"]
 # A backfill job fills a key's shadow ("key") or a foreign key's ("fk"); keys come first.
 JobKind = Literal["key", "fk"]
+# Where a pre-cutover row's UUID comes from: "derived" = a keyed hash of its table and integer key
+# (the default for v4), "random" = the column's generator, copied to children by lookup.
+UUID_SOURCES = ("derived", "random")
 
 # PostgreSQL's reserved key words (SQL Key Words appendix): shown quoted in human output.
 RESERVED = frozenset(
@@ -276,7 +279,7 @@ class Plan:
     warnings: tuple[Warning_, ...] = ()
     matviews: tuple[MaterializedView, ...] = ()
     uuid_version: str = "v4"
-    generator: str = "gen_random_uuid()"  # SQL expression for new keys
+    generator: str = "gen_random_uuid()"  # display text of the generator (SQL: statements.generator)
     cascade_deletes: bool = False
     server_version: int = 0
     database: str = ""
@@ -290,6 +293,12 @@ class Plan:
     def backfill_side_effects(self) -> list[FiringTrigger]:
         """User triggers and rules the backfill's UPDATEs fire, with the session role it will use."""
         return [t for t in self.update_triggers if t.fires(self.backfill_replica)]
+
+    uuid_source: str = "random"  # plans stored before derived UUIDs existed are "random"
+
+    @property
+    def derived(self) -> bool:
+        return self.uuid_source == "derived"
 
     def tables(self) -> list[TableRef]:
         """Every table the cutover locks, in one fixed order (sorted) to avoid deadlocks."""
@@ -357,6 +366,7 @@ class Plan:
                 "server_version",
                 "database",
                 "backfill_replica",
+                "uuid_source",
             )
             if k in doc
         }

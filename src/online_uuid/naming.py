@@ -66,6 +66,12 @@ def function_name(table: TableRef, trigger: str) -> str:
     return fit(f"{table.schema}_{trigger}_fn", salt=f"{table.schema}.{table.name}")
 
 
+def derive_function(table: TableRef, column: str) -> str:
+    """The function that derives a pre-cutover UUID of `table` from its integer key (derived mode)."""
+    salt = f"{table.schema}.{table.name}.{column}"
+    return fit(f"{table.schema}_ou_{table.name}_{column}_derive", salt=salt)
+
+
 def unique_index(table: TableRef, column: str) -> str:
     """Unique index on a key's shadow column, built concurrently; becomes the primary key."""
     return _object(table, column, "uq")

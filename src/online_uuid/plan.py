@@ -24,23 +24,25 @@ from .model import (
     Warning_,
 )
 from .naming import retired_column, shadow_column, twin_index
+from .settings import effective_uuid_source
 
 SUPPORTED_INDEX_METHODS = {"btree", "hash"}
 
 
 def generator_for(uuid_version: str, server_version: int) -> str:
-    """SQL expression for new UUIDs: core gen_random_uuid() for v4, never uuid-ossp."""
-    if uuid_version == "v7":
-        return "uuidv7()" if server_version >= 180000 else '"online_uuid".uuid_v7()'
-    return "gen_random_uuid()"
+    """Display text of the generator of new UUIDs (the SQL is statements.generator_expr)."""
+    from .statements import generator_expr
+
+    return generator_expr(uuid_version, server_version).as_string(None)
 
 
 class _Builder:
     """Collects the plan table by table; each check raises PlanError naming the object and the fix."""
 
-    def __init__(self, conn: psycopg.Connection, cascade_deletes: bool) -> None:
+    def __init__(self, conn: psycopg.Connection, cascade_deletes: bool, derived: bool = False) -> None:
         self.conn = conn
         self.cascade = cascade_deletes
+        self.derived = derived
         self.keys: list[KeyConversion] = []
         self.fks: list[ForeignKeyConversion] = []
         self.indexes: dict[tuple[TableRef, str], IndexTwin] = {}
@@ -210,7 +212,7 @@ class _Builder:
             self.converted.setdefault(child.oid, {})[child_att] = "fk"
             writer = catalog.read_writer_without_read(self.conn, child.oid, parent.oid)
             parent_rls = bool(catalog.read_row_security(self.conn, parent.oid).enabled)
-            if parent_rls:
+            if parent_rls and not self.derived:  # derived triggers never read the parent
                 self.warnings.append(
                     Warning_(
                         object=f"table {parent.ref}",
@@ -219,7 +221,7 @@ class _Builder:
                         "so it sees every parent row (about 15% slower inserts)",
                     )
                 )
-            if writer is not None:
+            if writer is not None and not self.derived:
                 self.warnings.append(
                     Warning_(
                         object=f"role {writer}",
@@ -516,13 +518,22 @@ def build_plan(
     uuid_version: str = "v4",
     cascade_deletes: bool = False,
     key_from: Sequence[str] = (),
+    uuid_source: str | None = None,
 ) -> Plan:
     """Discover everything the migration of `tables` touches; raise PlanError on what it can't do."""
     if not tables:
         raise PlanError("no table given; pass --table NAME (repeatable)")
     if uuid_version not in ("v4", "v7"):
         raise PlanError(f"--uuid {uuid_version}: choose v4 or v7")
-    b = _Builder(conn, cascade_deletes)
+    source = effective_uuid_source(uuid_source, uuid_version)
+    if key_from and source == "derived":  # an adopted key's UUIDs are not derived: the lookup path
+        if uuid_source == "derived":
+            raise PlanError(
+                "--uuid-source derived cannot adopt existing UUIDs (--key-from); drop --uuid-source, "
+                "or pass --uuid-source random"
+            )
+        source = "random"
+    b = _Builder(conn, cascade_deletes, derived=source == "derived")
     for name in tables:
         b.add_key(name)
     b.collect_dependents()
@@ -558,6 +569,7 @@ def build_plan(
         session_settings=tuple(catalog.read_session_settings(conn, [n for _, n, _ in db.SESSION_SETTINGS])),
         publications=tuple(replication.read_publications(conn, tables_of(b))),
         subscriptions=tuple(replication.read_subscriptions(conn)),
+        uuid_source=source,
     )
 
 

@@ -17,6 +17,13 @@ KEY_ROWS_PER_S = 60_000
 FK_ROWS_PER_S = 40_000
 
 
+SOURCE_TEXT = {
+    "derived": "derived (each existing row's UUID is a keyed hash of its table and integer key; "
+    "child rows compute their parent's UUID without reading it; the key is destroyed at finalize)",
+    "random": "random (existing rows get generated UUIDs; child rows look their parent's up)",
+}
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -115,6 +122,7 @@ def print_plan(plan: Plan, console: Console) -> None:
     for w in plan.warnings:
         console.print(f"[yellow]warning[/yellow]: {w.object}: {w.message}")
     print_surroundings(plan, console)
+    console.print(f"UUID source: {SOURCE_TEXT.get(plan.uuid_source, plan.uuid_source)}")
     console.print(
         f"UUIDs: {plan.uuid_version} ({plan.generator}); "
         f"cascade deletes: {'yes, every converted FK' if plan.cascade_deletes else 'no, actions kept'}; "
@@ -131,6 +139,8 @@ def print_status(doc: dict[str, Any], console: Console) -> None:
         f"{prog.get('percent', 0):.1f}% backfilled",
         markup=False,
     )
+    if doc.get("uuid_source"):
+        console.print(f"uuid source: {doc['uuid_source']}", markup=False)
     jobs = sorted(doc.get("jobs") or [], key=lambda j: (j.get("kind") != "key", str(j.get("label"))))
     if jobs:
         t = Table()

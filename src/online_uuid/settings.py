@@ -54,10 +54,33 @@ class StartSettings:
     subscribers_prepared: bool = False  # the subscribers of publications carrying the tables are ready
     reset_sessions: tuple[str, ...] = ()  # application_names whose sessions end once the columns exist
     key_from: tuple[str, ...] = ()  # TABLE.COLUMN: adopt an existing uuid column as the new key
+    uuid_source: str | None = None  # None: "derived" for v4, "random" for v7
 
     def __post_init__(self) -> None:
         if self.uuid_version not in ("v4", "v7"):
             raise RefusedError(f"--uuid {self.uuid_version}: choose v4 or v7")
+        check_uuid_source(self.uuid_source, self.uuid_version)
+
+    @property
+    def source(self) -> str:
+        return effective_uuid_source(self.uuid_source, self.uuid_version)
+
+
+def check_uuid_source(source: str | None, uuid_version: str) -> None:
+    """Refuse an unknown source, and derived v7 (a derived UUID carries no timestamp)."""
+    if source not in (None, "derived", "random"):
+        raise RefusedError(f"--uuid-source {source}: choose derived or random")
+    if source == "derived" and uuid_version == "v7":
+        raise RefusedError(
+            "--uuid-source derived cannot make v7 UUIDs (they carry the time a row gets its UUID); "
+            "drop --uuid-source, or pass --uuid-source random"
+        )
+
+
+def effective_uuid_source(source: str | None, uuid_version: str) -> str:
+    """The default is derived for v4; v7 keys are generated, so they always use the random source."""
+    check_uuid_source(source, uuid_version)
+    return source or ("random" if uuid_version == "v7" else "derived")
 
 
 @dataclass(frozen=True)

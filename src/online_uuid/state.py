@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -37,6 +38,10 @@ def ensure_schema(conn: psycopg.Connection) -> None:
     """Create the state schema if missing; refuse one written by a newer online-uuid."""
     if schema_exists(conn):
         check_version(conn)
+        if not _secrets_exist(conn):
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_key("state-schema"),))
+                conn.execute(render("state_secrets.sql", schema=sql.Identifier(STATE_SCHEMA)))
         return
     with conn.transaction():
         # Two first runs at once: CREATE ... IF NOT EXISTS is not safe against a concurrent creator.
@@ -49,6 +54,35 @@ def ensure_schema(conn: psycopg.Connection) -> None:
                 schema=sql.Identifier(STATE_SCHEMA),
                 version=sql.Literal(SCHEMA_VERSION),
             )
+        )
+        conn.execute(render("state_secrets.sql", schema=sql.Identifier(STATE_SCHEMA)))
+
+
+def _secrets_exist(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_t("secrets").as_string(conn),)).fetchone()
+    return bool(row and row[0])
+
+
+def new_secret() -> bytes:
+    """32 random bytes for a migration's derive functions."""
+    return secrets.token_bytes(32)
+
+
+def read_secret(conn: psycopg.Connection, migration_id: str) -> bytes | None:
+    if not _secrets_exist(conn):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT secret FROM {} WHERE migration_id = %s").format(_t("secrets")), (migration_id,)
+    ).fetchone()
+    return bytes(row[0]) if row and row[0] is not None else None
+
+
+def forget_secret(conn: psycopg.Connection, migration_id: str) -> None:
+    """Finalize: the derive functions are gone, and so is the key they were made from."""
+    if _secrets_exist(conn):
+        conn.execute(
+            sql.SQL("UPDATE {} SET secret = NULL WHERE migration_id = %s").format(_t("secrets")),
+            (migration_id,),
         )
 
 
@@ -130,7 +164,13 @@ def resolve(conn: psycopg.Connection, migration_id: str | None, *, latest_ok: bo
     raise StateError(f"several migrations are unfinished ({', '.join(active)}); pass --migration NAME")
 
 
-def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dict[str, Any]) -> None:
+def create(
+    conn: psycopg.Connection,
+    migration_id: str,
+    plan: Plan,
+    options: dict[str, Any],
+    secret: bytes | None = None,
+) -> None:
     """Record a new migration in phase `expanding`; refuse if a table is already in another one."""
     tables = sorted({k.table for k in plan.keys} | {f.table for f in plan.foreign_keys})
     try:
@@ -147,6 +187,11 @@ def create(conn: psycopg.Connection, migration_id: str, plan: Plan, options: dic
                         "INSERT INTO {} (migration_id, schema_name, table_name) VALUES (%s, %s, %s)"
                     ).format(_t("migration_tables")),
                     (migration_id, table.schema, table.name),
+                )
+            if secret is not None:
+                conn.execute(
+                    sql.SQL("INSERT INTO {} (migration_id, secret) VALUES (%s, %s)").format(_t("secrets")),
+                    (migration_id, secret),
                 )
     except psycopg.errors.UniqueViolation as exc:
         diag = exc.diag.constraint_name or ""
@@ -194,6 +239,21 @@ def move(conn: psycopg.Connection, migration_id: str, src: Phase | set[Phase], d
             sql.SQL("UPDATE {} SET active = false WHERE migration_id = %s").format(_t("migration_tables")),
             (migration_id,),
         )
+
+
+def was_cut_over(conn: psycopg.Connection, migration_id: str) -> bool:
+    """True once the migration has reached cut_over (also after a rollback that swapped back).
+
+    The phase event is written in the swap's own transaction, so this never disagrees with it.
+    """
+    row = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE migration_id = %s AND kind = 'phase' "
+            "AND detail->>'to' = %s)"
+        ).format(_t("events")),
+        (migration_id, Phase.CUT_OVER.value),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def step_done(conn: psycopg.Connection, migration_id: str, step_id: str) -> bool:

@@ -32,8 +32,26 @@ def _fn(table: TableRef, trigger: str) -> sql.Identifier:
     return sql.Identifier(STATE_SCHEMA, naming.function_name(table, trigger))
 
 
-def generator(plan: Plan) -> sql.SQL:
-    return sql.SQL(plan.generator)  # produced by plan.generator_for, never user text
+V7_FUNCTION = sql.Identifier(STATE_SCHEMA, "uuid_v7")
+
+
+def uses_v7_function(plan: Plan) -> bool:
+    """v7 before PostgreSQL 18 needs the tool's own uuid_v7() in the state schema."""
+    return plan.uuid_version == "v7" and plan.server_version < 180000
+
+
+def generator_expr(uuid_version: str, server_version: int) -> sql.Composed:
+    """SQL expression for new UUIDs: core gen_random_uuid() for v4, never uuid-ossp."""
+    if uuid_version == "v7":
+        if server_version >= 180000:
+            return sql.SQL("pg_catalog.uuidv7()").format()
+        return sql.SQL("{}()").format(V7_FUNCTION)
+    return sql.SQL("pg_catalog.gen_random_uuid()").format()
+
+
+def generator(plan: Plan) -> sql.Composed:
+    """The generator of new keys, built from the plan's settings (never from stored SQL text)."""
+    return generator_expr(plan.uuid_version, plan.server_version)
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -52,7 +70,11 @@ def build_set_default(table: TableRef, column: str, expr: sql.Composable) -> sql
 
 
 def build_uuid_v7_function() -> sql.Composed:
-    return render("uuid_v7_function.sql", function=sql.Identifier(STATE_SCHEMA, "uuid_v7"))
+    return render("uuid_v7_function.sql", function=V7_FUNCTION)
+
+
+def build_drop_uuid_v7_function() -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(V7_FUNCTION)
 
 
 def build_grant_generator_usage() -> sql.Composed:
@@ -198,6 +220,80 @@ def build_enable_always_triggers(tables: list[TableRef]) -> sql.Composed:
     """
     names = [t.ident.as_string(None) for t in tables]
     return render("enable_always_triggers.sql", tables=sql.Literal(names))
+
+
+# --- derived UUIDs (uuid_source "derived") ------------------------------------------------------
+
+SECRET_PLACEHOLDER = sql.SQL(":'online_uuid_secret' /* 32 random bytes in hex, chosen by start */")
+
+
+def derive_fn(table: TableRef, column: str) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, naming.derive_function(table, column))
+
+
+def derive_label(table: TableRef) -> bytes:
+    """The table's name as fixed in the plan, quoted so that no two tables share a label."""
+    return table.ident.as_string(None).encode()
+
+
+def build_derive_function(k: KeyConversion, secret: bytes | None) -> sql.Composed:
+    """uuid = first 16 bytes of sha256(secret || label || int8send(id)), version 4, variant RFC 9562.
+
+    `secret` None renders a psql variable instead (`plan --sql`: start chooses the secret).
+    """
+    return render(
+        "derive_function.sql",
+        function=derive_fn(k.table, k.column),
+        secret=SECRET_PLACEHOLDER if secret is None else sql.Literal(secret.hex()),
+        label=sql.Literal(derive_label(k.table).hex()),
+    )
+
+
+def build_drop_derive_function(k: KeyConversion) -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}(bigint)").format(derive_fn(k.table, k.column))
+
+
+def build_grant_derive_usage(plan: Plan) -> list[sql.Composed]:
+    """Every role that writes a converted table runs derive() in the invoker trigger: it needs the
+    schema and EXECUTE (granted explicitly, in case default privileges revoke it from PUBLIC)."""
+    return [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(STATE_SCHEMA)),
+        *(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {}(bigint) TO PUBLIC").format(derive_fn(k.table, k.column))
+            for k in plan.keys
+        ),
+    ]
+
+
+def _derive_trigger(
+    table: TableRef, trig: str, shadow: str, column: str, derive: sql.Identifier
+) -> list[sql.Composed]:
+    return [
+        render(
+            "derive_shadow_function.sql",
+            function=_fn(table, trig),
+            shadow=sql.Identifier(shadow),
+            column=sql.Identifier(column),
+            derive=derive,
+        ),
+        sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(trig), table.ident, _fn(table, trig)
+        ),
+    ]
+
+
+def build_derived_key_triggers(k: KeyConversion) -> list[sql.Composed]:
+    """Before cutover the shadow key is always derive(key): on every insert and update."""
+    trig = naming.key_trigger(k.table, k.column)
+    return _derive_trigger(k.table, trig, k.shadow, k.column, derive_fn(k.table, k.column))
+
+
+def build_derived_fk_triggers(plan: Plan, f: ForeignKeyConversion) -> list[sql.Composed]:
+    """The shadow FK is derive_parent(fk), from the child's own row: the parent is never read."""
+    parent = plan.key_for(f.ref_table)
+    assert parent is not None
+    trig = naming.fk_trigger(f.table, f.column)
+    return _derive_trigger(f.table, trig, f.shadow, f.column, derive_fn(parent.table, parent.column))
 
 
 def build_drop_column(table: TableRef, column: str) -> sql.Composed:

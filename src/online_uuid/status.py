@@ -106,6 +106,7 @@ def status(conn: psycopg.Connection, mid: str) -> dict[str, Any]:
     return {
         "migration": m.id,
         "phase": m.phase.value,
+        "uuid_source": m.plan.uuid_source,
         "paused": m.paused,
         "last_error": m.last_error,
         "progress": {

@@ -85,8 +85,16 @@ def _types(conn: psycopg.Connection, schema: str) -> set[tuple[str, str, str]]:
     )
 
 
-@pytest.mark.parametrize("schema", ["public", "App Data"])
-def test_full_lifecycle_under_load(dsn: str, conn: psycopg.Connection, schema: str) -> None:
+@pytest.mark.parametrize(
+    ("schema", "source"),
+    [
+        ("public", "derived"),
+        ("App Data", "derived"),
+        ("public", "random"),
+        pytest.param("App Data", "random", marks=pytest.mark.slow),
+    ],
+)
+def test_full_lifecycle_under_load(dsn: str, conn: psycopg.Connection, schema: str, source: str) -> None:
     create_schema(conn, schema)
     load(conn, schema, rows=20_000)
     tables = [sql.Identifier(schema, t).as_string(conn) for t in TABLES]
@@ -97,14 +105,22 @@ def test_full_lifecycle_under_load(dsn: str, conn: psycopg.Connection, schema: s
     try:
         snap = _snapshot(conn, schema)
 
-        api.start(dsn, tables, settings=StartSettings(backfill=False, cascade_deletes=True))
+        api.start(
+            dsn, tables, settings=StartSettings(backfill=False, cascade_deletes=True, uuid_source=source)
+        )
         assert api.status(dsn)["phase"] == Phase.EXPANDED
         assert api.rollback(dsn) == Phase.ROLLED_BACK
         assert _types(conn, schema) == original_types
         _nothing_lost(snap, snap := _snapshot(conn, schema))
 
-        mid = api.start(dsn, tables, settings=StartSettings(cascade_deletes=True), backfill_settings=fast)
+        mid = api.start(
+            dsn,
+            tables,
+            settings=StartSettings(cascade_deletes=True, uuid_source=source),
+            backfill_settings=fast,
+        )
         assert api.status(dsn, mid)["phase"] == Phase.BACKFILLED
+        assert api.status(dsn, mid)["uuid_source"] == source
         report = api.verify(dsn)
         assert report.ok, report.first_problem()
         _nothing_lost(snap, snap := _snapshot(conn, schema))

@@ -9,6 +9,7 @@ from psycopg.conninfo import make_conninfo
 
 from helpers import invoke_cli
 from online_uuid import api
+from online_uuid.settings import StartSettings
 
 DDL = """
 CREATE TABLE p (id serial PRIMARY KEY, v text);
@@ -62,10 +63,11 @@ def test_a_parent_hidden_by_a_policy_still_gives_the_child_its_uuid(
     conn.execute(ROLE.format("rls_app"))
     conn.execute("GRANT SELECT ON p TO rls_app; GRANT SELECT, INSERT, UPDATE ON c TO rls_app")
     conn.execute("GRANT USAGE ON SEQUENCE c_id_seq TO rls_app")
-    doc = json.loads(invoke_cli("plan", "--dsn", dsn, "-t", "p", "--json").stdout)
+    # The lookup path (random mode) reads the parent: the definer choice is what is tested here.
+    doc = json.loads(invoke_cli("plan", "--dsn", dsn, "-t", "p", "--json", "--uuid-source", "random").stdout)
     assert doc["foreign_keys"][0]["definer"] is True
     assert any("row level security" in w["message"] for w in doc["warnings"])
-    api.start(dsn, ["p"])
+    api.start(dsn, ["p"], settings=StartSettings(uuid_source="random"))
     with psycopg.connect(make_conninfo(dsn, user="rls_app"), autocommit=True) as app:
         app.execute("INSERT INTO c (pid, v) VALUES (3, 'app')")  # p 3 is 'secret': hidden from rls_app
         app.execute("UPDATE c SET pid = 6 WHERE id = 1")

@@ -27,7 +27,9 @@ import helpers as h
 from online_uuid import api, state
 from online_uuid.settings import StartSettings
 
-NO_BACKFILL = StartSettings(backfill=False)
+# This module tests the lookup dual-write (random mode) in depth; tests/integration/test_derived.py
+# does the same for derived UUIDs, and the rollback test below runs in both modes.
+NO_BACKFILL = StartSettings(backfill=False, uuid_source="random")
 
 
 @pytest.fixture(params=["public", "quoted"])
@@ -592,20 +594,30 @@ def _targs(n: h.Names) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("names", "backfilled"),
-    [("public", False), ("quoted", False), ("quoted", True)],
-    ids=["public-expanded", "quoted-expanded", "quoted-backfilled"],
+    ("names", "backfilled", "source"),
+    [
+        ("public", False, "random"),
+        ("quoted", False, "derived"),
+        ("quoted", True, "derived"),
+        ("quoted", True, "random"),
+    ],
+    ids=[
+        "public-expanded-random",
+        "quoted-expanded-derived",
+        "quoted-backfilled-derived",
+        "quoted-backfilled-random",
+    ],
     indirect=["names"],
 )
 def test_rollback_restores_the_schema_byte_for_byte(
-    dsn: str, conn: psycopg.Connection, names: h.Names, pg_bin: Path, backfilled: bool
+    dsn: str, conn: psycopg.Connection, names: h.Names, pg_bin: Path, backfilled: bool, source: str
 ) -> None:
     h.create_schema(conn, names)
     before = h.schema_dump(pg_bin, dsn)
     touched: h.Touched = []
     with h.writing(dsn, h.app_workload(names, touched)) as w:
         h.wait_for(lambda: w.calls > 5, what="the writer")
-        api.start(dsn, names.table_args(), settings=StartSettings(backfill=backfilled))
+        api.start(dsn, names.table_args(), settings=StartSettings(backfill=backfilled, uuid_source=source))
         h.wait_for(lambda: len(touched) > 20, what="writes after start")
         assert h.schema_dump(pg_bin, dsn) != before
         # A new process, knowing only the DSN, finds the migration and undoes it.
@@ -797,11 +809,11 @@ def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(
     conn.execute(
         "GRANT INSERT, SELECT ON c TO blind_writer; GRANT USAGE ON SEQUENCE c_id_seq TO blind_writer"
     )
-    plan = api.plan(dsn, ["p", "c"])
+    plan = api.plan(dsn, ["p", "c"], uuid_source="random")
     by_name = {f.table.name: f for f in plan.foreign_keys}
     assert by_name["c"].definer and not by_name["r"].definer
     assert any("blind_writer" in w.object for w in plan.warnings)
-    api.start(dsn, ["p", "c"], settings=StartSettings(backfill=False))
+    api.start(dsn, ["p", "c"], settings=StartSettings(backfill=False, uuid_source="random"))
     conn.execute("INSERT INTO p (name) VALUES ('new')")
     writer = psycopg.conninfo.make_conninfo(dsn, user="blind_writer")
     with psycopg.connect(writer, autocommit=True) as w:

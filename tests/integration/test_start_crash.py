@@ -33,7 +33,7 @@ from online_uuid.phases.start import start_steps
 APP = "online-uuid/"  # application_name prefix of every online-uuid session
 
 
-def _start_argv(dsn: str, n: h.Names, lock_timeout_ms: int = 200) -> list[str]:
+def _start_argv(dsn: str, n: h.Names, lock_timeout_ms: int = 200, source: str = "random") -> list[str]:
     tables = [a for t in n.table_args() for a in ("--table", t)]
     # Retry "forever" so that a run stopped at a lock stays there until killed.
     return [
@@ -48,6 +48,8 @@ def _start_argv(dsn: str, n: h.Names, lock_timeout_ms: int = 200) -> list[str]:
         "100000",
         "--retry-for",
         "600",
+        "--uuid-source",
+        source,
     ]
 
 
@@ -85,6 +87,13 @@ def _hold_step(step_id: str) -> Callable[[str, str], psycopg.Connection]:
     return hold
 
 
+def _hold_steps_table(dsn: str, _mid: str) -> psycopg.Connection:
+    """Blocks the first step's record (its DDL done): a step that locks no table, before any other."""
+    b = psycopg.connect(dsn, application_name="blocker")
+    b.execute("LOCK TABLE online_uuid.steps IN SHARE MODE")
+    return b
+
+
 def _hold_move(dsn: str, mid: str) -> psycopg.Connection:
     b = psycopg.connect(dsn, application_name="blocker")
     # (NO KEY: the FK checks of the run's own step rows take KEY SHARE on this row and must pass)
@@ -101,26 +110,37 @@ def _waiting_after(n_steps: int, query_has: str) -> Callable[[psycopg.Connection
     return reached
 
 
-def crash_points(dsn: str, n: h.Names) -> tuple[str, list[Point]]:
-    """(migration id, every point a run can be killed at), in the order a run passes them."""
-    plan = api.plan(dsn, n.table_args())
+def crash_points(dsn: str, n: h.Names, source: str = "random") -> tuple[str, list[Point]]:
+    """(migration id, every point a run can be killed at), in the order a run passes them.
+
+    Derived mode starts with a step that locks no table (the derive functions): it is killed inside.
+    """
+    plan = api.plan(dsn, n.table_args(), uuid_source=source)
     steps = start_steps(plan)
     mid = plan.keys[0].table.name  # the default migration name
+    first = next(i for i, st in enumerate(steps) if st.tables)
+    # (waiting to record step i+1 done means its DDL ran, in the transaction the kill will abort)
+    inside = [
+        Point(
+            f"inside {st.id}",
+            _hold_steps_table if i < first else _hold_step(st.id),
+            _waiting_after(i, '"online_uuid"."steps"'),
+        )
+        for i, st in enumerate(steps)
+    ]
     points = [
         Point(
             "creating the migration",
             _hold_create,
             lambda c, _m: h.waiting_on_lock(c, APP, 'INSERT INTO "online_uuid"."migrations"'),
         ),
+        *inside[:first],
         Point(
-            f"before {steps[0].id}", _hold_table(steps[0].tables[0].ident), _waiting_after(0, "ALTER TABLE")
+            f"before {steps[first].id}",
+            _hold_table(steps[first].tables[0].ident),
+            _waiting_after(first, "ALTER TABLE"),
         ),
-    ]
-    # (waiting to record step i+1 done means its DDL ran, in the transaction the kill will abort)
-    points += [
-        Point(f"inside {st.id}", _hold_step(st.id), _waiting_after(i, '"online_uuid"."steps"'))
-        for i, st in enumerate(steps)
-        if i > 0
+        *inside[first + 1 :],
     ]
     points.append(
         Point(
@@ -132,11 +152,13 @@ def crash_points(dsn: str, n: h.Names) -> tuple[str, list[Point]]:
     return mid, points
 
 
-def kill_at(dsn: str, conn: psycopg.Connection, n: h.Names, mid: str, point: Point) -> None:
+def kill_at(
+    dsn: str, conn: psycopg.Connection, n: h.Names, mid: str, point: Point, source: str = "random"
+) -> None:
     """Run start, let it reach `point`, SIGKILL it, and clean up as the server would."""
     blocker = point.hold(dsn, mid)
     try:
-        proc = h.spawn_cli(*_start_argv(dsn, n))
+        proc = h.spawn_cli(*_start_argv(dsn, n, source=source))
         try:
             h.wait_for(
                 lambda: point.reached(conn, mid) or proc.poll() is not None,
@@ -153,22 +175,30 @@ def kill_at(dsn: str, conn: psycopg.Connection, n: h.Names, mid: str, point: Poi
 
 
 def end_state(conn: psycopg.Connection, pg_bin: Path, dsn: str) -> dict[str, Any]:
-    return {
-        "dump": h.schema_dump(pg_bin, dsn),
-        "catalog": h.catalog_snapshot(conn),
-        "state": h.state_snapshot(conn),
+    """Derived mode's secret differs from run to run: it is masked in the dump and the catalog."""
+    secrets = [bytes(r[0]).hex() for r in conn.execute("SELECT secret FROM online_uuid.secrets").fetchall()]
+
+    def mask(text: str) -> str:
+        for s in secrets:
+            text = text.replace(s, "SECRET")
+        return text
+
+    catalog = {
+        k: [tuple(mask(v) if isinstance(v, str) else v for v in row) for row in rows]
+        for k, rows in h.catalog_snapshot(conn).items()
     }
+    return {"dump": mask(h.schema_dump(pg_bin, dsn)), "catalog": catalog, "state": h.state_snapshot(conn)}
 
 
 @contextmanager
-def reference(pg_server: Any, n: h.Names, pg_bin: Path) -> Iterator[dict[str, Any]]:
+def reference(pg_server: Any, n: h.Names, pg_bin: Path, source: str = "random") -> Iterator[dict[str, Any]]:
     """The end state of one uninterrupted run on an identical database."""
     with (
         h.fresh_database(pg_server.dsn, pg_server.dsn_for) as ref_dsn,
         psycopg.connect(ref_dsn, autocommit=True) as ref,
     ):
         h.create_schema(ref, n)
-        done = h.run_cli(*_start_argv(ref_dsn, n))
+        done = h.run_cli(*_start_argv(ref_dsn, n, source=source))
         assert done.returncode == 0, done.stderr
         yield end_state(ref, pg_bin, ref_dsn)
 
@@ -193,25 +223,26 @@ def assert_dual_writes(conn: psycopg.Connection, n: h.Names) -> None:
 
 # The quoted variant by default (every name needs quoting, and it passes the same points);
 # `public` too with -m slow, besides each point on its own below.
+@pytest.mark.parametrize("source", ["derived", "random"])
 @pytest.mark.parametrize("variant", [pytest.param("public", marks=pytest.mark.slow), "quoted"])
 def test_killed_at_every_point_then_rerun_ends_like_an_uninterrupted_run(
-    dsn: str, conn: psycopg.Connection, pg_server: Any, pg_bin: Path, variant: str
+    dsn: str, conn: psycopg.Connection, pg_server: Any, pg_bin: Path, variant: str, source: str
 ) -> None:
     """One database, one run killed at each point in turn (each rerun resumes, then is killed at the next)."""
     n = h.VARIANTS[variant]
     h.create_schema(conn, n)
-    mid, points = crash_points(dsn, n)
+    mid, points = crash_points(dsn, n, source)
     state.ensure_schema(conn)  # (a first run killed right after creating the state schema)
     seen: list[list[str]] = []
     for point in points:
-        kill_at(dsn, conn, n, mid, point)
+        kill_at(dsn, conn, n, mid, point, source)
         seen.append(h.steps_done(conn, mid) if h.phase_of(conn, mid) else [])
         assert h.phase_of(conn, mid) in (None, "expanding"), point.name
     # Each kill left exactly the steps before it done, no more and no fewer.
     assert [len(s) for s in seen] == [0, 0, *range(1, len(points) - 1)]
-    done = h.run_cli(*_start_argv(dsn, n))
+    done = h.run_cli(*_start_argv(dsn, n, source=source))
     assert done.returncode == 0, done.stderr
-    with reference(pg_server, n, pg_bin) as want:
+    with reference(pg_server, n, pg_bin, source) as want:
         assert_same_end(end_state(conn, pg_bin, dsn), want)
     assert h.phase_of(conn, mid) == "expanded"
     assert_dual_writes(conn, n)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from online_uuid.errors import RefusedError
 from online_uuid.model import (
     ACTIVE_PHASES,
     ALLOWED,
@@ -18,6 +19,7 @@ from online_uuid.model import (
     can_move,
 )
 from online_uuid.naming import retired_column, shadow_column
+from online_uuid.settings import StartSettings
 
 
 def sample_plan() -> Plan:
@@ -85,3 +87,25 @@ def test_display_quotes_only_when_needed() -> None:
     assert str(TableRef("public", "mcp_servers")) == "public.mcp_servers"
     assert str(TableRef("App Data", "Order")) == '"App Data"."Order"'
     assert str(TableRef("public", "user")) == 'public."user"'
+
+
+def test_a_plan_stored_before_derived_uuids_reads_as_random() -> None:
+    doc = Plan(keys=(), foreign_keys=()).to_json()
+    del doc["uuid_source"]
+    assert Plan.from_json(doc).uuid_source == "random"
+    derived = Plan(keys=(), foreign_keys=(), uuid_source="derived").to_json()
+    assert derived["format_version"] == 1 and Plan.from_json(derived).derived
+
+
+@pytest.mark.parametrize(
+    ("version", "source", "effective"),
+    [("v4", None, "derived"), ("v7", None, "random"), ("v4", "random", "random"), ("v7", "random", "random")],
+)
+def test_uuid_source_defaults(version: str, source: str | None, effective: str) -> None:
+    assert StartSettings(uuid_version=version, uuid_source=source).source == effective
+
+
+@pytest.mark.parametrize(("version", "source"), [("v7", "derived"), ("v4", "hashed")])
+def test_bad_uuid_sources_are_refused(version: str, source: str) -> None:
+    with pytest.raises(RefusedError):
+        StartSettings(uuid_version=version, uuid_source=source)

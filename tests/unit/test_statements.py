@@ -124,3 +124,33 @@ def test_start_and_the_swap_make_the_tools_triggers_enable_always() -> None:
             assert "ENABLE ALWAYS TRIGGER" in text(step.statements[-1])
     for side in (FORWARD, REVERSE):
         assert "ENABLE ALWAYS TRIGGER" in text(swap_statements(PLAN, side, {})[-1])
+
+
+# --- derived UUIDs ------------------------------------------------------------------------------
+
+DERIVED = Plan(keys=(KEY,), foreign_keys=(FK,), uuid_source="derived")
+
+
+def test_derived_start_makes_the_derive_functions_first_and_no_lookup() -> None:
+    steps = start_steps(DERIVED, b"\x01" * 32)
+    assert [st.id for st in steps][:2] == ["start:derive", "start:key:App Data.Order.ID"]
+    body = " ".join(text(q) for st in steps for q in st.statements)
+    assert "IMMUTABLE STRICT PARALLEL SAFE" in body and "SET search_path" not in body.split("derive")[1]
+    assert '"online_uuid"."App Data_ou_Order_ID_derive"(NEW."order")' in body  # the parent's function
+    assert "SECURITY DEFINER" not in body and "CONSTRAINT TRIGGER" not in body
+    assert "SELECT p." not in body  # never reads the parent
+    assert "BEFORE INSERT OR UPDATE ON" in body and "UPDATE OF" not in body
+
+
+def test_plan_sql_shows_a_placeholder_never_a_secret() -> None:
+    [derive] = [st for st in start_steps(DERIVED) if st.id == "start:derive"]
+    assert ":'online_uuid_secret'" in text(derive.statements[0])
+
+
+def test_generator_is_built_from_the_plan_settings() -> None:
+    assert text(s.generator(PLAN)) == "pg_catalog.gen_random_uuid()"
+    v7_old = Plan(keys=(KEY,), foreign_keys=(), uuid_version="v7", server_version=170000)
+    v7_new = Plan(keys=(KEY,), foreign_keys=(), uuid_version="v7", server_version=180000)
+    assert text(s.generator(v7_old)) == '"online_uuid"."uuid_v7"()'
+    assert text(s.generator(v7_new)) == "pg_catalog.uuidv7()"
+    assert s.uses_v7_function(v7_old) and not s.uses_v7_function(v7_new) and not s.uses_v7_function(PLAN)

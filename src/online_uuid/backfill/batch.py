@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from ..db import LockLost, restore
 from ..model import BackfillJob
 from ..naming import STATE_SCHEMA
+from ..statements import derive_fn
 from . import ctid
 from .keyset import build_upper_bound
 from .lock import build_held_check
@@ -155,10 +156,10 @@ def range_sql(job: BackfillJob, alias: str | None = None) -> sql.Composed:
     return sql.SQL("{c} >= %s AND {c} <= %s").format(c=col)
 
 
-def update_sql(job: BackfillJob, generator: str) -> sql.Composed:
+def update_sql(job: BackfillJob, generator: sql.Composable) -> sql.Composed:
     """The batch UPDATE: a key gets a new UUID, a foreign key copies its parent's."""
     if job.kind == "key":
-        gen: sql.Composable = sql.SQL(generator)
+        gen: sql.Composable = generator
         if job.extra.get("adopt"):  # --key-from: the key takes the adopted column's value
             gen = sql.SQL("coalesce({}, {})").format(sql.Identifier(job.extra["adopt"]), gen)
         return sql.SQL("UPDATE {t} SET {s} = {g} WHERE {r} AND {s} IS NULL").format(
@@ -194,6 +195,22 @@ def _batch_hi(conn: psycopg.Connection, job: BackfillJob, st: JobState, lo: int,
 
 def _range_params(job: BackfillJob, lo: int, hi: int) -> tuple[Any, Any]:
     return ctid.range_params(lo, hi) if ctid.walks_heap(job.batch_column) else (lo, hi)
+
+
+def derived_update_sql(job: BackfillJob) -> sql.Composed:
+    """Derived mode: shadow = derive(column), the key's own function or the parent's; no join.
+
+    Rows that already hold the right value (written through the trigger) are left alone.
+    """
+    table, column = (job.table, job.column) if job.kind == "key" else (job.ref_table, job.ref_column)
+    assert table is not None and column is not None
+    return sql.SQL("UPDATE {t} SET {s} = {d}({x}) WHERE {r} AND {s} IS DISTINCT FROM {d}({x})").format(
+        t=job.table.ident,
+        s=sql.Identifier(job.shadow),
+        d=derive_fn(table, column),
+        x=sql.Identifier(job.column),
+        r=range_sql(job),
+    )
 
 
 def _advance_sql() -> sql.Composed:

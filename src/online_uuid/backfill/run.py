@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -115,9 +116,14 @@ def _register(ctx: RunContext, session: Session, jobs: list[BackfillJob]) -> Non
 
 
 def _stages(ctx: RunContext, session: Session) -> bool:
-    """Key jobs, the barrier, FK jobs; True when everything is filled, False when stopped."""
+    """Key jobs, the barrier, FK jobs; True when everything is filled, False when stopped.
+
+    Derived mode reads no parent, so there is no barrier and every job runs in one stage.
+    """
     jobs = backfill_jobs(ctx.plan)
     _register(ctx, session, jobs)
+    if ctx.plan.derived:
+        return _run_stage(ctx, jobs)
     keys = [j for j in jobs if j.kind == "key"]
     fks = [j for j in jobs if j.kind != "key"]
     if not _run_stage(ctx, keys):
@@ -192,6 +198,11 @@ def run_backfill(
             if phase is Phase.BACKFILLED:
                 return BackfillResult(migration_id, phase.value)
             plan = state.load(conn, migration_id).plan
+            metrics.set_info(plan.uuid_source)
+            if plan.derived and state.was_cut_over(conn, migration_id):
+                # verify --repair after a rollback that swapped back: rows made while cut over
+                # have generated UUIDs, so shadows are looked up like the forward triggers do.
+                plan = dataclasses.replace(plan, uuid_source="random")
             ctx = RunContext(
                 dsn,
                 migration_id,

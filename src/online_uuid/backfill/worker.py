@@ -13,6 +13,7 @@ from ..errors import BackfillError, RefusedError, StateError
 from ..metrics import table_label
 from ..model import BackfillJob, Phase, TableRef
 from ..settings import BackfillSettings
+from ..statements import generator
 from . import batch, control
 from .context import RunContext, Session, statement_timeout_ms
 from .progress import JobProgress
@@ -54,7 +55,9 @@ class Worker:
             s.target_batch_ms / 1000, s.min_batch_size, s.max_batch_size, s.initial_batch_size
         )
         self.meter = RateMeter()
-        self.update = batch.update_sql(job, ctx.plan.generator)
+        self.update = (
+            batch.derived_update_sql(job) if ctx.plan.derived else batch.update_sql(job, generator(ctx.plan))
+        )
         self.finished = False
         self._dirty = False
         self._bad_override = ""

@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from .. import catalog, db, naming, sessions, state
 from .. import statements as s
-from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError
+from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError, VerifyError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
@@ -428,7 +428,7 @@ def run_cutover(
         )
     ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
     try:
-        ex.run_all(prepare_steps(plan, FORWARD))
+        _prepare(conn, ex, mid, plan)
         result = run_swap(
             conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics, guard=guard
         )
@@ -442,6 +442,36 @@ def run_cutover(
     state.event(conn, mid, "cutover", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})
     ex.run_all(post_steps(plan, FORWARD))
     return result
+
+
+def _prepare(conn: psycopg.Connection, ex: Executor, mid: str, plan: Plan) -> None:
+    """The online preparation; a unique index that meets duplicate UUIDs stops the cutover cleanly.
+
+    Verify does not look for duplicates in derived mode: this index build is the proof. On a
+    duplicate the INVALID index is dropped and the migration goes back to `backfilled`.
+    """
+    for step in prepare_steps(plan, FORWARD):
+        try:
+            ex.run(step)
+        except pgerrors.UniqueViolation as exc:
+            if step.index is None:
+                raise
+            table, index = step.index
+            conn.execute(s.build_drop_index_concurrently(table, index))
+            state.move(conn, mid, Phase.PREPARING, Phase.BACKFILLED)
+            detail = (exc.diag.message_detail or "duplicate values").strip().rstrip(".")
+            fix = (
+                "`online-uuid rollback` and start again (a new secret derives new UUIDs)"
+                if plan.derived
+                else "give those rows distinct UUIDs, then cutover again"
+            )
+            what: dict[str, object] = {"table": str(table), "index": index, "detail": detail}
+            state.event(conn, mid, "cutover_duplicate", what)
+            raise VerifyError(
+                f"cutover stopped: {table} has duplicate UUIDs ({detail}), so unique index {index} cannot "
+                f"be built; nothing was swapped, the migration is back in backfilled: {fix}",
+                what,
+            ) from None
 
 
 def run_revert(conn: psycopg.Connection, mid: str, plan: Plan, settings: CutoverSettings) -> SwapResult:

@@ -76,7 +76,15 @@ def finalize_steps(plan: Plan) -> list[Step]:
         )
         for k in plan.keys
     ]
+    if plan.derived:
+        steps.append(drop_derive_step(plan, "finalize:derive"))
     return steps
+
+
+def drop_derive_step(plan: Plan, step_id: str) -> Step:
+    """The derive functions (and with them the secret in their bodies) once no trigger uses them."""
+    stmts = tuple(s.build_drop_derive_function(k) for k in plan.keys)
+    return Step(step_id, stmts, description="drop derive functions")
 
 
 def run_finalize(conn: psycopg.Connection, mid: str, lock: LockSettings) -> None:
@@ -100,5 +108,6 @@ def run_finalize(conn: psycopg.Connection, mid: str, lock: LockSettings) -> None
                 "reads the retired integer columns: change or drop it, then run `online-uuid finalize` again"
             ) from exc
     executor.run_all(finalize_steps(m.plan))
+    state.forget_secret(conn, mid)
     state.move(conn, mid, Phase.FINALIZING, Phase.FINALIZED)
     log.info("finalized", migration=mid)

@@ -13,6 +13,7 @@ from ..executor import Executor, Step
 from ..model import Phase, Plan
 from ..settings import CutoverSettings, LockSettings
 from . import cutover
+from .finalize import drop_derive_step
 
 log = structlog.get_logger("online_uuid")
 
@@ -41,6 +42,8 @@ def teardown_steps(plan: Plan) -> list[Step]:
         steps.append(
             Step(f"rollback:key:{k.key}", tuple(stmts), (k.table,), description=f"drop shadow of {k.table}")
         )
+    if plan.derived:
+        steps.append(drop_derive_step(plan, "rollback:derive"))
     return steps
 
 
@@ -55,10 +58,8 @@ def run_rollback(conn: psycopg.Connection, mid: str, lock: LockSettings, cut: Cu
     elif m.phase != Phase.ROLLING_BACK:
         raise StateError(f"migration {mid} is {m.phase}; there is nothing to roll back")
     Executor(conn, mid, lock).run_all(teardown_steps(m.plan))
-    if m.plan.generator.startswith('"online_uuid"') and not read_function_in_use(
-        conn, "online_uuid.uuid_v7()"
-    ):
-        conn.execute("DROP FUNCTION IF EXISTS online_uuid.uuid_v7()")  # else another migration's default
+    if s.uses_v7_function(m.plan) and not read_function_in_use(conn, "online_uuid.uuid_v7()"):
+        conn.execute(s.build_drop_uuid_v7_function())  # else another migration's default
     state.move(conn, mid, Phase.ROLLING_BACK, Phase.ROLLED_BACK)
     state.delete(conn, mid)
     log.info("rolled back", migration=mid)

@@ -22,10 +22,13 @@ from ..settings import LockSettings, StartSettings
 log = structlog.get_logger("online_uuid")
 
 
-def start_steps(plan: Plan) -> list[Step]:
-    """Keys first (their defaults serve new parents at once), then the FK columns and triggers."""
+def start_steps(plan: Plan, secret: bytes | None = None) -> list[Step]:
+    """Keys first (their defaults serve new parents at once), then the FK columns and triggers.
+
+    Derived mode: the derive functions come first (`secret` None renders a placeholder, for --sql).
+    """
     steps: list[Step] = []
-    if plan.generator.startswith('"online_uuid"'):
+    if s.uses_v7_function(plan):
         steps.append(
             Step(
                 "start:uuid_v7",
@@ -33,12 +36,17 @@ def start_steps(plan: Plan) -> list[Step]:
                 description="uuid_v7()",
             )
         )
+    if plan.derived:
+        stmts = [s.build_derive_function(k, secret) for k in plan.keys]
+        steps.append(
+            Step("start:derive", (*stmts, *s.build_grant_derive_usage(plan)), description="derive functions")
+        )
     for k in plan.keys:
         stmts = [
             s.build_add_column(k.table, k.shadow),
             s.build_set_default(k.table, k.shadow, s.generator(plan)),
             *s.build_drop_key_triggers(k),
-            *s.build_key_triggers(plan, k),
+            *(s.build_derived_key_triggers(k) if plan.derived else s.build_key_triggers(plan, k)),
             s.build_enable_always_triggers([k.table]),
         ]
         steps.append(
@@ -48,7 +56,11 @@ def start_steps(plan: Plan) -> list[Step]:
         stmts = [
             s.build_add_column(f.table, f.shadow),
             *s.build_drop_fk_triggers(f),
-            *s.build_fk_triggers(plan, f, "shadow"),
+            *(
+                s.build_derived_fk_triggers(plan, f)
+                if plan.derived
+                else s.build_fk_triggers(plan, f, "shadow")
+            ),
             *s.build_fk_move_trigger(f),
             s.build_enable_always_triggers([f.table]),
         ]
@@ -131,6 +143,7 @@ def prepare_migration(
             uuid_version=settings.uuid_version,
             cascade_deletes=settings.cascade_deletes,
             key_from=settings.key_from,
+            uuid_source=settings.uuid_source,
         )
         fired = plan.backfill_side_effects()
         if fired and not settings.allow_trigger_side_effects:
@@ -150,8 +163,9 @@ def prepare_migration(
         "cascade_deletes": settings.cascade_deletes,
         "allow_trigger_side_effects": settings.allow_trigger_side_effects,
         "key_from": list(settings.key_from),
+        "uuid_source": plan.uuid_source,
     }
-    state.create(conn, mid, plan, options)
+    state.create(conn, mid, plan, options, state.new_secret() if plan.derived else None)
     return mid, plan, False
 
 
@@ -182,6 +196,11 @@ def run_expand(conn: psycopg.Connection, mid: str, plan: Plan, lock: LockSetting
     current = state.load(conn, mid).phase
     if current != Phase.EXPANDING:
         return
-    Executor(conn, mid, lock).run_all(start_steps(plan))
+    secret = state.read_secret(conn, mid) if plan.derived else None
+    if plan.derived and secret is None:
+        raise StateError(
+            f"migration {mid} uses derived UUIDs but its secret is gone; run `online-uuid rollback`"
+        )
+    Executor(conn, mid, lock).run_all(start_steps(plan, secret))
     state.move(conn, mid, Phase.EXPANDING, Phase.EXPANDED)
     log.info("expand done", migration=mid, keys=len(plan.keys), foreign_keys=len(plan.foreign_keys))
