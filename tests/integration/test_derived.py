@@ -353,3 +353,15 @@ def test_a_parent_hidden_by_row_level_security_needs_no_definer(
         conn.execute("DROP POLICY IF EXISTS only_small ON p")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_adopting_an_existing_uuid_column_keeps_the_lookup_path(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("CREATE TABLE t (id serial PRIMARY KEY, ext uuid NOT NULL UNIQUE DEFAULT gen_random_uuid())")
+    conn.execute("INSERT INTO t DEFAULT VALUES")
+    assert api.plan(dsn, ["t"], key_from=["t.ext"]).uuid_source == "random"
+    code, _out, err = h.cli_in_process(
+        "plan", "-t", "t", "--key-from", "t.ext", "--uuid-source", "derived", dsn=dsn
+    )
+    assert code == 2 and "--uuid-source derived cannot adopt existing UUIDs" in err, err
