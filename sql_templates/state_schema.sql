@@ -1,12 +1,14 @@
 -- online-uuid state schema. Placeholders: schema (identifier), version (literal).
 -- Everything a later run needs lives here, so any machine with the DSN can resume or report.
+-- Every statement is idempotent: run again on an older state schema, it brings it up to this version.
 CREATE SCHEMA IF NOT EXISTS {schema};
 
 CREATE TABLE IF NOT EXISTS {schema}.meta (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     schema_version integer NOT NULL
 );
-INSERT INTO {schema}.meta (schema_version) VALUES ({version}) ON CONFLICT (singleton) DO NOTHING;
+INSERT INTO {schema}.meta AS m (schema_version) VALUES ({version})
+    ON CONFLICT (singleton) DO UPDATE SET schema_version = greatest(m.schema_version, excluded.schema_version);
 
 CREATE TABLE IF NOT EXISTS {schema}.migrations (
     id text PRIMARY KEY,
@@ -71,4 +73,21 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
     kind text NOT NULL,
     detail jsonb NOT NULL DEFAULT '{{}}'
+);
+
+-- Derived UUIDs (version 2): one 32-byte random secret per migration, kept apart from the plan (which
+-- `plan`, `status` and events show) and readable by the state schema's owner only. Nulled at
+-- finalize, deleted with the migration at rollback.
+CREATE TABLE IF NOT EXISTS {schema}.secrets (
+    migration_id text PRIMARY KEY REFERENCES {schema}.migrations (id) ON DELETE CASCADE,
+    secret bytea
+);
+REVOKE ALL ON {schema}.secrets FROM PUBLIC;
+
+-- The latency budget's canary (version 2): one heartbeat row per running backfill, written by its
+-- canary transaction and removed when the run ends.
+CREATE TABLE IF NOT EXISTS {schema}.canary (
+    migration_id text PRIMARY KEY,
+    beats bigint NOT NULL,
+    at timestamptz NOT NULL
 );

@@ -77,7 +77,6 @@ def build_subscriber_state_schema() -> sql.Composed:
             render(
                 "state_schema.sql", schema=sql.Identifier(STATE_SCHEMA), version=sql.Literal(SCHEMA_VERSION)
             ),
-            render("state_secrets.sql", schema=sql.Identifier(STATE_SCHEMA)),
             sql.SQL("\nDELETE FROM {};\n").format(sql.Identifier(STATE_SCHEMA, "meta")),
         ]
     )

@@ -22,7 +22,7 @@ from .model import ACTIVE_PHASES, Phase, Plan, TableRef, can_move
 from .naming import STATE_SCHEMA, advisory_key
 from .templates import render
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: secrets (derived UUIDs) and canary (latency budget)
 UNLOCK_DEADLINE_S = 10.0
 
 
@@ -35,19 +35,16 @@ def schema_exists(conn: psycopg.Connection) -> bool:
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
-    """Create the state schema if missing; refuse one written by a newer online-uuid."""
-    if schema_exists(conn):
-        check_version(conn)
-        if not _secrets_exist(conn):
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_key("state-schema"),))
-                conn.execute(render("state_secrets.sql", schema=sql.Identifier(STATE_SCHEMA)))
+    """Create the state schema, or bring one made by an older online-uuid up to this version.
+
+    state_schema.sql is idempotent, so an upgrade is the same script run again; a state schema
+    written by a newer online-uuid is refused.
+    """
+    if schema_exists(conn) and check_version(conn) == SCHEMA_VERSION:
         return
     with conn.transaction():
         # Two first runs at once: CREATE ... IF NOT EXISTS is not safe against a concurrent creator.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_key("state-schema"),))
-        if schema_exists(conn):
-            return
         conn.execute(
             render(
                 "state_schema.sql",
@@ -55,7 +52,6 @@ def ensure_schema(conn: psycopg.Connection) -> None:
                 version=sql.Literal(SCHEMA_VERSION),
             )
         )
-        conn.execute(render("state_secrets.sql", schema=sql.Identifier(STATE_SCHEMA)))
 
 
 def _secrets_exist(conn: psycopg.Connection) -> bool:
@@ -86,13 +82,16 @@ def forget_secret(conn: psycopg.Connection, migration_id: str) -> None:
         )
 
 
-def check_version(conn: psycopg.Connection) -> None:
+def check_version(conn: psycopg.Connection) -> int:
+    """The state schema's version; refused when a newer online-uuid wrote it."""
     row = conn.execute(sql.SQL("SELECT schema_version FROM {}").format(_t("meta"))).fetchone()
-    if row and row[0] > SCHEMA_VERSION:
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
         raise StateError(
-            f"state schema {STATE_SCHEMA} is version {row[0]}, newer than this online-uuid "
+            f"state schema {STATE_SCHEMA} is version {version}, newer than this online-uuid "
             f"({SCHEMA_VERSION}); upgrade online-uuid"
         )
+    return version
 
 
 @dataclass

@@ -302,13 +302,17 @@ def test_plan_status_and_metrics_show_the_mode(dsn: str, conn: psycopg.Connectio
     assert code == 0 and "derived" in out, err
 
 
-def test_a_state_schema_from_before_derived_uuids_gets_its_secrets_table(
+def test_a_state_schema_from_before_derived_uuids_is_upgraded_by_the_next_start(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
     _schema(conn)
     state.ensure_schema(conn)
-    conn.execute("DROP TABLE online_uuid.secrets")  # as an earlier online-uuid left it
+    # As online-uuid 0.1 left it: version 1, no secrets and no canary table.
+    conn.execute("DROP TABLE online_uuid.secrets, online_uuid.canary")
+    conn.execute("UPDATE online_uuid.meta SET schema_version = 1")
     mid = api.start(dsn, ["p"])
+    assert conn.execute("SELECT schema_version FROM online_uuid.meta").fetchone() == (state.SCHEMA_VERSION,)
+    assert conn.execute("SELECT to_regclass('online_uuid.canary') IS NOT NULL").fetchone() == (True,)
     assert _uuids(conn) == {i: reference(_secret(conn, mid), P, i) for i in _uuids(conn)}
     acl = conn.execute(
         "SELECT relacl::text FROM pg_class WHERE oid = 'online_uuid.secrets'::regclass"

@@ -20,9 +20,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from .. import state
 from ..errors import OnlineUuidError
 from ..metrics import Metrics
-from ..naming import STATE_SCHEMA, advisory_key
+from ..naming import STATE_SCHEMA
 from ..settings import BackfillSettings
 from .budget import Baseline, LatencyBudget, Step
 from .throttle import Clock, Signals
@@ -37,23 +38,6 @@ MAX_BACKLOG_S = 1.0  # beats queued behind a stall longer than this are dropped,
 INITIAL_RATE = 1000.0  # rows/s the budget starts from (it doubles while under budget)
 DECISION_SAMPLES = 150  # the budget decides on at least this many fresh beats...
 DECISION_MIN_S = 2.0  # ...and at least this often
-
-
-def ensure_table(conn: psycopg.Connection) -> None:
-    """The canary's heartbeat table in the state schema (older state schemas lack it)."""
-    table = sql.Identifier(STATE_SCHEMA, "canary")
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{STATE_SCHEMA}".canary',)).fetchone()
-    if row and row[0]:
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_key("state-schema"),))
-        conn.execute("SET LOCAL lock_timeout = '2s'")
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (migration_id text PRIMARY KEY, beats bigint NOT NULL, "
-                "at timestamptz NOT NULL)"
-            ).format(table)
-        )
 
 
 def beat(conn: psycopg.Connection, mid: str) -> None:
@@ -193,7 +177,7 @@ class LatencyGuard:
     def _open(self) -> psycopg.Connection:
         conn = self._connect()
         conn.autocommit = True
-        ensure_table(conn)
+        state.ensure_schema(conn)  # a migration started by an older online-uuid has no canary table
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(TIMEOUT_MS),))
         conn.autocommit = False
         return conn
