@@ -1,6 +1,10 @@
--- Deferred: fills a shadow FK left NULL because its parent row was written later in the same
--- transaction (deferrable FKs, self-references inserted out of order).
--- Placeholders: function table column shadow ref_table ref_column ref_shadow
+-- Gives the parent's value to a shadow FK that its BEFORE trigger marked `missing` because it could
+-- not see the parent (see sync_fk_function.sql). Queued only for such rows, with the FK's timing
+-- (end of statement, or commit for a deferrable FK). Its constraint trigger fires before the RI
+-- checks of the same row (name order), and its UPDATE makes a new row version
+-- that the RI checks (of the original FK too) then check instead. A parent it still cannot see
+-- leaves the marker (a moment's race only): verify reports the row, `verify --repair` rewrites it.
+-- Placeholders: function table column shadow ref_table ref_column ref_shadow missing
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -8,8 +12,8 @@ AS $online_uuid$
 BEGIN
     UPDATE {table} AS c SET {shadow} = p.{ref_shadow}
       FROM {ref_table} AS p
-     WHERE c.ctid = NEW.ctid AND c.{shadow} IS NULL
-       AND p.{ref_column} = c.{column} AND p.{ref_shadow} IS NOT NULL;
+     WHERE c.ctid = NEW.ctid AND c.{shadow} = {missing}
+       AND p.{ref_column} = c.{column};
     RETURN NULL;
 END
 $online_uuid$;

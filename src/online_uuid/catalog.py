@@ -536,6 +536,16 @@ def read_row_types(conn: psycopg.Connection, oids: list[int]) -> dict[int, Table
     return {int(t): TableRef(str(s), str(r)) for t, s, r in rows}
 
 
+def read_before_row_triggers(conn: psycopg.Connection, table: TableRef) -> list[str]:
+    """Names of the application's BEFORE ROW INSERT or UPDATE triggers on `table` (ours excluded)."""
+    rows = conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal "
+        "AND tgtype::int & 3 = 3 AND tgtype::int & 20 <> 0 AND tgname !~ '^~ou_'",
+        (table.ident.as_string(conn),),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def read_writer_without_read(conn: psycopg.Connection, child_oid: int, parent_oid: int) -> str | None:
     """A role that may write the child table but not read the parent (the trigger must then be DEFINER)."""
     name = _scalar(

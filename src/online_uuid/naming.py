@@ -48,7 +48,27 @@ def fk_trigger(table: TableRef, column: str) -> str:
 
 
 def fk_fixup_trigger(table: TableRef, column: str) -> str:
-    """Deferred constraint trigger that fills a shadow FK whose parent appeared later in the tx."""
+    """Constraint trigger that fills a shadow FK whose parent the BEFORE trigger could not see.
+
+    Upper-case `OU_`: triggers of one event fire in byte order of their names, and this one must fire
+    before the RI checks (`RI_ConstraintTrigger_c_<oid>`) of the FK built on the shadow column.
+    """
+    return fit(f"OU_{table.name}_{column}_fkfix", salt=f"{table.schema}.{table.name}.{column}")
+
+
+# Our BEFORE ROW triggers must see the row as every application trigger left it. Triggers of one
+# event fire in byte order of their names, so theirs begin with `~`, which sorts after letters,
+# digits and `_`; `plan` warns about any application BEFORE trigger that still sorts after ours.
+FIRES_LAST = "~"
+
+
+def fires_last(trigger: str) -> str:
+    """The name a BEFORE ROW trigger of ours gets in the catalog (its function keeps `trigger`)."""
+    return fit(FIRES_LAST + trigger)
+
+
+def legacy_fk_fixup_trigger(table: TableRef, column: str) -> str:
+    """The fix-up trigger's name in earlier versions (dropped too, so their migrations roll back)."""
     return _object(table, column, "fkfix")
 
 

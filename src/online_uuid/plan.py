@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import psycopg
 
-from . import catalog, db, replication, routines, sqlscan
+from . import catalog, db, naming, replication, routines, sqlscan
 from .backfill import ctid
 from .errors import PlanError
 from .model import (
@@ -511,6 +511,39 @@ def _adopt(conn: psycopg.Connection, keys: list[KeyConversion], spec: str) -> li
     return [replace(x, adopt=column) if x is k else x for x in keys]
 
 
+def trigger_order_warnings(
+    conn: psycopg.Connection, keys: list[KeyConversion], fks: list[ForeignKeyConversion]
+) -> list[Warning_]:
+    """Application BEFORE ROW triggers that fire after ours (triggers fire in byte order of names).
+
+    Ours must see the row as finally written; a key or FK that such a trigger sets would not reach
+    the shadow column.
+    """
+    ours: dict[TableRef, str] = {}
+    for k in keys:
+        ours[k.table] = min(
+            ours.get(k.table, "\uffff"), naming.fires_last(naming.key_trigger(k.table, k.column))
+        )
+    for f in fks:
+        ours[f.table] = min(
+            ours.get(f.table, "\uffff"), naming.fires_last(naming.fk_trigger(f.table, f.column))
+        )
+    out: list[Warning_] = []
+    for table, first in sorted(ours.items()):
+        for name in catalog.read_before_row_triggers(conn, table):
+            if name.encode() > first.encode():
+                out.append(
+                    Warning_(
+                        object=f"trigger {name} on {table}",
+                        message=f"fires after online-uuid's BEFORE trigger {first} (triggers fire in byte "
+                        "order of their names), so a key or foreign key it sets would miss the shadow "
+                        f"column; rename it to sort before '~' (ALTER TRIGGER ... ON {table} RENAME TO ...) "
+                        "before start",
+                    )
+                )
+    return out
+
+
 def build_plan(
     conn: psycopg.Connection,
     tables: Sequence[str],
@@ -544,6 +577,7 @@ def build_plan(
         )
     b.function_warnings()
     b.matview_warnings()
+    b.warnings += trigger_order_warnings(conn, b.keys, b.fks)
     server = conn.info.server_version
     fired = [
         FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)

@@ -83,7 +83,7 @@ def build_grant_generator_usage() -> sql.Composed:
 
 
 def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
-    """The shadow key is filled on insert and never changes once set."""
+    """The shadow key is filled on insert and when a row without one changes key; never changed once set."""
     trig = naming.key_trigger(k.table, k.column)
     keep = trig + "_keep"
     shadow = sql.Identifier(k.shadow)
@@ -95,20 +95,29 @@ def build_key_triggers(plan: Plan, k: KeyConversion) -> list[sql.Composed]:
     return [
         render("keep_key_function.sql", function=_fn(k.table, trig), shadow=shadow, generator=gen),
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW{} EXECUTE FUNCTION {}()").format(
-            sql.Identifier(trig), k.table.ident, when, _fn(k.table, trig)
+            sql.Identifier(naming.fires_last(trig)), k.table.ident, when, _fn(k.table, trig)
         ),
+        # Not `UPDATE OF`: a row the key backfill has not reached gets its UUID when its key changes
+        # (it may move behind the cursor). The backfill's own update (NULL to a value) does not fire it.
         sql.SQL(
-            "CREATE TRIGGER {} BEFORE UPDATE OF {} ON {} FOR EACH ROW "
-            "WHEN (OLD.{} IS NOT NULL AND NEW.{} IS DISTINCT FROM OLD.{}) EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(keep), shadow, k.table.ident, shadow, shadow, shadow, _fn(k.table, trig)),
+            "CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW "
+            "WHEN ((OLD.{s} IS NOT NULL AND NEW.{s} IS DISTINCT FROM OLD.{s}) "
+            "OR (NEW.{s} IS NULL AND NEW.{k} IS DISTINCT FROM OLD.{k})) EXECUTE FUNCTION {}()"
+        ).format(
+            sql.Identifier(naming.fires_last(keep)),
+            k.table.ident,
+            _fn(k.table, trig),
+            s=shadow,
+            k=sql.Identifier(k.column),
+        ),
     ]
 
 
 def build_drop_key_triggers(k: KeyConversion) -> list[sql.Composed]:
     trig = naming.key_trigger(k.table, k.column)
+    names = [naming.fires_last(trig), naming.fires_last(trig + "_keep"), trig, trig + "_keep"]  # + legacy
     return [
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), k.table.ident),
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig + "_keep"), k.table.ident),
+        *(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(n), k.table.ident) for n in names),
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(k.table, trig)),
     ]
 
@@ -116,18 +125,29 @@ def build_drop_key_triggers(k: KeyConversion) -> list[sql.Composed]:
 DEFINER = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
 
 
-def needs_fixup(f: ForeignKeyConversion) -> bool:
-    """A parent can appear after its child in one transaction only if deferred or self-referencing."""
-    return f.deferrable or f.table == f.ref_table
+# The value a shadow FK holds while its parent is invisible to the BEFORE trigger: never a real
+# key (random and v7 UUIDs are never nil; an integer key at the smallint minimum is not expected),
+# so the fix-up is queued for exactly those rows, and NOT NULL proofs stay satisfied.
+MISSING_UUID = sql.SQL("'00000000-0000-0000-0000-000000000000'::pg_catalog.uuid")
+MISSING_INT = sql.SQL("(-32768)")
+
+
+def missing_marker(side: Side) -> sql.SQL:
+    return MISSING_UUID if side == "shadow" else MISSING_INT
 
 
 def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[sql.Composed]:
-    """Keep the FK's `side` column equal to the parent's `side` key, looked up by the live FK."""
+    """Keep the FK's `side` column equal to the parent's `side` key, looked up by the live FK.
+
+    The BEFORE triggers fire after every application trigger (names sort last), and on UPDATE they
+    fire when the FK changed, whoever changed it (not `UPDATE OF`, which sees only the SET list).
+    """
     parent = plan.key_for(f.ref_table)
     assert parent is not None
     trig = naming.fk_trigger(f.table, f.column)
     column, shadow = sql.Identifier(f.column), sql.Identifier(col_on(f, side))
     ref_shadow = sql.Identifier(col_on(parent, side))
+    missing = missing_marker(side)
     self_ref: sql.Composable = sql.SQL("")
     self_ref_end: sql.Composable = sql.SQL("")
     if f.table == f.ref_table:  # a row referencing itself is not in the table yet: use its own key
@@ -136,7 +156,8 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
             "        NEW.{} := NEW.{};\n    ELSE\n    "
         ).format(column, sql.Identifier(parent.column), ref_shadow, shadow, ref_shadow)
         self_ref_end = sql.SQL("END IF;\n    ")
-    stmts = [
+    fix = naming.fk_fixup_trigger(f.table, f.column)
+    return [
         render(
             "sync_fk_function.sql",
             function=_fn(f.table, trig),
@@ -145,36 +166,50 @@ def build_fk_triggers(plan: Plan, f: ForeignKeyConversion, side: Side) -> list[s
             ref_table=f.ref_table.ident,
             ref_column=sql.Identifier(parent.column),
             ref_shadow=ref_shadow,
+            missing=missing,
             self_ref=self_ref,
             self_ref_end=self_ref_end,
             security=sql.SQL(DEFINER if f.definer else "SECURITY INVOKER"),
         ),
+        sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(naming.fires_last(trig)), f.table.ident, _fn(f.table, trig)
+        ),
         sql.SQL(
-            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(trig), column, f.table.ident, _fn(f.table, trig)),
+            "CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW WHEN (NEW.{} IS DISTINCT FROM OLD.{}) "
+            "EXECUTE FUNCTION {}()"
+        ).format(
+            sql.Identifier(naming.fires_last(trig + "_upd")),
+            f.table.ident,
+            column,
+            column,
+            _fn(f.table, trig),
+        ),
+        render(
+            "fixup_fk_function.sql",
+            function=_fn(f.table, fix),
+            table=f.table.ident,
+            column=column,
+            shadow=shadow,
+            ref_table=f.ref_table.ident,
+            ref_column=sql.Identifier(parent.column),
+            ref_shadow=ref_shadow,
+            missing=missing,
+        ),
+        # Every FK, but queued only for a row marked missing, so ordinary writes pay nothing. Any
+        # UPDATE, not only of the FK: a later update of another column in the same transaction makes
+        # a new row version, and the fix-up must find that one (it looks rows up by ctid). It runs
+        # when the FK's own checks run (end of statement for a NOT DEFERRABLE FK, which SET
+        # CONSTRAINTS cannot move either; commit for a deferrable one), and before them.
+        sql.SQL(
+            "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE ON {} {}FOR EACH ROW "
+            "WHEN (NEW.{} = {}) EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(fix), f.table.ident, _check_timing(f), shadow, missing, _fn(f.table, fix)),
     ]
-    if needs_fixup(f):
-        fix = naming.fk_fixup_trigger(f.table, f.column)
-        stmts += [
-            render(
-                "fixup_fk_function.sql",
-                function=_fn(f.table, fix),
-                table=f.table.ident,
-                column=column,
-                shadow=shadow,
-                ref_table=f.ref_table.ident,
-                ref_column=sql.Identifier(parent.column),
-                ref_shadow=ref_shadow,
-            ),
-            # Any UPDATE, not only of the FK: a later update of another column makes a new row
-            # version, and the fix-up must find that one (it looks rows up by ctid).
-            sql.SQL(
-                "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE ON {} "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
-                "WHEN (NEW.{} IS NOT NULL AND NEW.{} IS NULL) EXECUTE FUNCTION {}()"
-            ).format(sql.Identifier(fix), f.table.ident, column, shadow, _fn(f.table, fix)),
-        ]
-    return stmts
+
+
+def _check_timing(f: ForeignKeyConversion) -> sql.SQL:
+    """When the fix-up and the prepared FK check: with the original FK, deferrable ones at commit."""
+    return sql.SQL("DEFERRABLE INITIALLY DEFERRED " if f.deferrable else "NOT DEFERRABLE ")
 
 
 def build_fk_move_trigger(f: ForeignKeyConversion) -> list[sql.Composed]:
@@ -191,7 +226,7 @@ def build_fk_move_trigger(f: ForeignKeyConversion) -> list[sql.Composed]:
             "CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW "
             "WHEN (NEW.{} IS NULL AND NEW.{} IS NOT NULL) EXECUTE FUNCTION {}()"
         ).format(
-            sql.Identifier(naming.fk_move_trigger(f.table, f.column)),
+            sql.Identifier(naming.fires_last(naming.fk_move_trigger(f.table, f.column))),
             f.table.ident,
             sql.Identifier(f.shadow),
             sql.Identifier(f.column),
@@ -204,12 +239,14 @@ def build_drop_fk_triggers(f: ForeignKeyConversion) -> list[sql.Composed]:
     trig = naming.fk_trigger(f.table, f.column)
     fix = naming.fk_fixup_trigger(f.table, f.column)
     move = naming.fk_move_trigger(f.table, f.column)
+    legacy_fix = naming.legacy_fk_fixup_trigger(f.table, f.column)
+    names = [naming.fires_last(move), move, naming.fires_last(trig), naming.fires_last(trig + "_upd")]
+    names += [fix, trig, legacy_fix]
     return [
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(move), f.table.ident),
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trig), f.table.ident),
+        *(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(n), f.table.ident) for n in names),
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, trig)),
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(fix), f.table.ident),
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, fix)),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_fn(f.table, legacy_fix)),
     ]
 
 
@@ -375,9 +412,14 @@ def fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
 
 
 def prepared_fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
-    """Actions of the FK built before the swap: the final ones only if they cannot change behaviour now."""
-    final = fk_actions(f, side)
-    return final if final == (f.on_delete, f.on_update) else ("a", "a")
+    """Actions of the FK built before the swap: always the original ones.
+
+    The old and the new FK's RI action triggers fire in name order, and the names carry OIDs that
+    compare as text, so either may fire first: only identical actions give the same result in both
+    orders (a NO ACTION twin of an ON DELETE SET NULL FK failed parent DELETEs). Final actions that
+    differ are set in the swap (NOT VALID, catalog only) and validated online after it.
+    """
+    return (f.on_delete, f.on_update)
 
 
 def build_foreign_key(
@@ -389,14 +431,19 @@ def build_foreign_key(
     *,
     live: bool = False,
 ) -> sql.Composed:
-    """FK on the `side` columns NOT VALID (validated online afterwards); `live` uses the original names."""
+    """FK on the `side` columns NOT VALID (validated online afterwards); `live` uses the original names.
+
+    Built before the swap (not `live`) its checks run when the fix-up of a shadow marked missing
+    runs, and after it: NOT DEFERRABLE like a NOT DEFERRABLE original, else INITIALLY DEFERRED like
+    the fix-up (`SET CONSTRAINTS ALL` moves both, naming the original neither); the swap then gives
+    it the original timing (`build_fk_timing`).
+    """
     parent = plan.key_for(f.ref_table)
     assert parent is not None
     child_col = f.column if live else col_on(f, side)
     parent_col = parent.column if live else col_on(parent, side)
-    deferrable = sql.SQL("")
-    if f.deferrable:
-        deferrable = sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if f.initially_deferred else " DEFERRABLE")
+    prepared = sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if f.deferrable else "")
+    deferrable = fk_timing(f) if live else prepared
     return sql.SQL(
         "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
         "ON DELETE {} ON UPDATE {}{} NOT VALID"
@@ -409,6 +456,22 @@ def build_foreign_key(
         sql.SQL(ACTION_SQL[actions[0]]),
         sql.SQL(ACTION_SQL[actions[1]]),
         deferrable,
+    )
+
+
+def fk_timing(f: ForeignKeyConversion) -> sql.SQL:
+    """The original FK's deferrability clause (empty for NOT DEFERRABLE)."""
+    if not f.deferrable:
+        return sql.SQL("")
+    return sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if f.initially_deferred else " DEFERRABLE")
+
+
+def build_fk_timing(f: ForeignKeyConversion) -> sql.Composed | None:
+    """The swap gives the prepared FK the original FK's timing; None when it has it already."""
+    if not f.deferrable or f.initially_deferred:
+        return None
+    return sql.SQL("ALTER TABLE {} ALTER CONSTRAINT {} DEFERRABLE INITIALLY IMMEDIATE").format(
+        f.table.ident, sql.Identifier(f.name)
     )
 
 

@@ -25,7 +25,7 @@ from online_uuid.embedded import PgServer
 from online_uuid.model import Phase
 from online_uuid.settings import StartSettings
 
-HELPER = re.compile(r"^ou_|_ou$")  # names of the tool's preparation objects (naming.py)
+HELPER = re.compile(r"^(ou|OU)_|_ou$")  # names of the tool's preparation objects (naming.py)
 
 
 def _ns(schema: str) -> str:
@@ -232,7 +232,7 @@ def test_rollback_after_cutover_restores_original_ids_names_and_actions_then_cut
     # Integer keys are back: same columns, positions, types, defaults and identities as before start ...
     assert _without_shadows(_columns(conn, "public")) == cols0
     # ... with the original constraint names and FK actions, and every index under its name (the
-    # dual-write constraint triggers `ou_*_fkfix` are back too: the migration is `backfilled` again).
+    # dual-write constraint triggers `OU_*_fkfix` are back too: the migration is `backfilled` again).
     assert {k: v for k, v in constraint_defs(conn, "public").items() if not HELPER.search(k[1])} == cons0
     assert _indexes(conn, "public") == idx0
     ids2 = _ids(conn)

@@ -117,12 +117,12 @@ def test_cutover_refuses_rows_written_past_disabled_triggers_and_repair_fixes_th
 def test_cutover_refuses_while_a_tool_trigger_is_disabled(dsn: str, conn: psycopg.Connection) -> None:
     conn.execute(DDL)
     api.start(dsn, ["p"])
-    conn.execute("ALTER TABLE c DISABLE TRIGGER ou_c_pid_fk")  # no write yet: verify alone would pass
+    conn.execute('ALTER TABLE c DISABLE TRIGGER "~ou_c_pid_fk"')  # no write yet: verify alone would pass
     res = invoke_cli("cutover", "--dsn", dsn)
     assert res.returncode == 1
     [line] = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-    assert "ou_c_pid_fk on public.c is disabled" in line and "ENABLE ALWAYS TRIGGER" in line
+    assert "~ou_c_pid_fk on public.c is disabled" in line and "ENABLE ALWAYS TRIGGER" in line
     assert phase_of(conn, "p") == "backfilled"
-    conn.execute('ALTER TABLE c ENABLE ALWAYS TRIGGER "ou_c_pid_fk"')
+    conn.execute('ALTER TABLE c ENABLE ALWAYS TRIGGER "~ou_c_pid_fk"')
     api.cutover(dsn)
     assert phase_of(conn, "p") == "cut_over"

@@ -43,3 +43,15 @@ def test_trigger_names_differ_per_table_and_column() -> None:
 
 def test_application_name_fits() -> None:
     assert len(naming.application_name("m" * 100, "backfill")) <= 63
+
+
+def test_before_triggers_sort_after_application_triggers_and_the_fixup_before_ri_checks() -> None:
+    """Triggers of one event fire in byte order of their names."""
+    t = TableRef("public", "x" * 63)
+    for name in (naming.key_trigger(t, "id"), naming.fk_trigger(t, "pid")):
+        last = naming.fires_last(name)
+        assert len(last.encode()) <= 63 and last.startswith("~")
+        assert last.encode() > b"zz_last_set_pid"
+    fix = naming.fk_fixup_trigger(t, "pid")
+    assert len(fix.encode()) <= 63
+    assert fix.encode() < b"RI_ConstraintTrigger_c_16384"

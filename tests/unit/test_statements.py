@@ -154,3 +154,31 @@ def test_generator_is_built_from_the_plan_settings() -> None:
     assert text(s.generator(v7_old)) == '"online_uuid"."uuid_v7"()'
     assert text(s.generator(v7_new)) == "pg_catalog.uuidv7()"
     assert s.uses_v7_function(v7_old) and not s.uses_v7_function(v7_new) and not s.uses_v7_function(PLAN)
+
+
+def test_prepared_fk_checks_with_the_fixup_and_gets_the_original_timing_in_the_swap() -> None:
+    from dataclasses import replace
+
+    immediate = s.build_foreign_key(PLAN, FK, FORWARD, "user_order_fk_ou", ("a", "a"))
+    assert "DEFERRABLE" not in text(immediate)  # NOT DEFERRABLE, like the original and its fix-up
+    assert s.build_fk_timing(FK) is None
+    fixup = text(s.build_fk_triggers(PLAN, FK, FORWARD)[-1])
+    assert fixup.startswith('CREATE CONSTRAINT TRIGGER "OU_user_order_fkfix" AFTER INSERT OR UPDATE')
+    assert (
+        "NOT DEFERRABLE FOR EACH ROW WHEN (NEW.\"order_uuid\" = '00000000-0000-0000-0000-000000000000'"
+        in fixup
+    )
+
+    django = replace(FK, deferrable=True, initially_deferred=False)
+    assert text(s.build_foreign_key(PLAN, django, FORWARD, "x", ("a", "a"))).endswith(
+        "DEFERRABLE INITIALLY DEFERRED NOT VALID"
+    )
+    assert "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW" in text(
+        s.build_fk_triggers(PLAN, django, FORWARD)[-1]
+    )
+    timing = s.build_fk_timing(django)
+    assert timing is not None
+    assert text(timing) == (
+        'ALTER TABLE "public"."user" ALTER CONSTRAINT "user_order_fk" DEFERRABLE INITIALLY IMMEDIATE'
+    )
+    assert s.prepared_fk_actions(replace(FK, on_delete="n"), FORWARD) == ("n", "a")  # SET NULL mirrored

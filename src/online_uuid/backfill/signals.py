@@ -159,21 +159,47 @@ def read_dead_tuples(conn: psycopg.Connection, table_oid: int) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def read_barrier_waiters(conn: psycopg.Connection, barrier_at: datetime) -> list[dict[str, Any]]:
-    """Transactions begun before the barrier that still run (idle sessions excluded)."""
+# Like CREATE INDEX CONCURRENTLY, the barrier identifies transactions by the virtualxid lock each
+# one holds on itself: pg_locks shows every role's locks to every role, whereas pg_stat_activity
+# hides other roles' state and xact_start from a tool without pg_read_all_stats.
+_VXIDS = (
+    "SELECT l.virtualxid FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted "
+    "AND l.pid <> pg_backend_pid() AND a.datname = current_database() "
+    "AND a.backend_type IS DISTINCT FROM 'autovacuum worker' ORDER BY 1"
+)
+
+
+def read_open_transactions(conn: psycopg.Connection) -> list[str]:
+    """Virtualxids of every transaction running now in this database (any role; ours excluded)."""
+    return [str(r[0]) for r in conn.execute(_VXIDS).fetchall()]
+
+
+def read_barrier_waiters(
+    conn: psycopg.Connection, barrier_at: datetime, vxids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Transactions open at the barrier (`vxids`) that still run, and prepared ones older than it.
+
+    What pg_stat_activity hides from this role shows as None: state "not visible (needs
+    pg_read_all_stats)"; age_s is then the time since the barrier, a lower bound.
+    """
+    if vxids is None:
+        vxids = read_open_transactions(conn)
     rows = conn.execute(
-        "SELECT pid::text, application_name, state, "
-        "extract(epoch FROM clock_timestamp() - xact_start)::float8 FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle' "
-        "AND backend_type NOT IN ('autovacuum worker', 'walsender', 'parallel worker') "
-        "AND xact_start < %s "
-        "UNION ALL SELECT 'prepared:' || gid, owner::text, 'prepared', "
-        "extract(epoch FROM clock_timestamp() - prepared)::float8 FROM pg_prepared_xacts "
-        "WHERE database = current_database() AND prepared < %s ORDER BY 4 DESC",
-        (barrier_at, barrier_at),
+        "SELECT l.pid::text, a.application_name, a.usename::text, "
+        "coalesce(a.state, 'not visible (needs pg_read_all_stats)'), "
+        "extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, %s))::float8, l.virtualxid "
+        "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted "
+        "AND l.virtualxid = ANY(%s::text[]) AND l.pid <> pg_backend_pid() "
+        "UNION ALL SELECT 'prepared:' || gid, NULL, owner::text, 'prepared', "
+        "extract(epoch FROM clock_timestamp() - prepared)::float8, NULL FROM pg_prepared_xacts "
+        "WHERE database = current_database() AND prepared < %s ORDER BY 5 DESC",
+        (barrier_at, vxids, barrier_at),
     ).fetchall()
     return [
-        {"pid": p, "application_name": a, "state": s, "age_s": round(age or 0, 1)} for p, a, s, age in rows
+        {"pid": p, "application_name": a, "user": u, "state": s, "age_s": round(age or 0, 1), "vxid": v}
+        for p, a, u, s, age, v in rows
     ]
 
 

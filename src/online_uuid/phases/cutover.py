@@ -202,7 +202,8 @@ def swap_statements(
 def _final_fk(plan: Plan, f: Any, side: Side) -> list[Query]:
     prepared = naming.shadow_fk(f.name)
     if s.prepared_fk_actions(f, side) == s.fk_actions(f, side):
-        return [s.build_rename_constraint(f.table, prepared, f.name)]
+        timing = s.build_fk_timing(f)  # prepared deferred; the original's timing from now on
+        return [s.build_rename_constraint(f.table, prepared, f.name), *([timing] if timing else [])]
     return [
         s.build_drop_constraint(f.table, prepared),
         s.build_foreign_key(plan, f, side, f.name, s.fk_actions(f, side), live=True),
