@@ -314,8 +314,8 @@ def _derive_trigger(
             derive=derive,
         ),
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(trig), table.ident, _fn(table, trig)
-        ),
+            sql.Identifier(naming.fires_last(trig)), table.ident, _fn(table, trig)
+        ),  # named to fire after the application's BEFORE triggers (naming.fires_last)
     ]
 
 

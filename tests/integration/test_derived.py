@@ -151,7 +151,7 @@ def test_cte_parent_and_deferred_child_first_get_the_right_shadow_at_once(
     trigs = conn.execute(
         "SELECT tgname, tgdeferrable FROM pg_trigger WHERE tgrelid = 'ch'::regclass AND NOT tgisinternal"
     ).fetchall()
-    assert trigs == [(naming.fk_trigger(TableRef("public", "ch"), "pid"), False)]
+    assert trigs == [(naming.fires_last(naming.fk_trigger(TableRef("public", "ch"), "pid")), False)]
     definers = conn.execute(
         "SELECT proname FROM pg_proc WHERE pronamespace = 'online_uuid'::regnamespace AND prosecdef"
     ).fetchall()
