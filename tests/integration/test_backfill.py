@@ -38,7 +38,6 @@ from backfill_schema import (
 )
 from psycopg import sql
 
-from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import run_backfill
 from online_uuid.backfill.context import RunContext
@@ -46,6 +45,7 @@ from online_uuid.backfill.progress import NullProgress
 from online_uuid.metrics import Metrics
 from online_uuid.model import Phase
 from online_uuid.settings import BackfillSettings
+from support.sessions import wait_for
 
 
 @pytest.fixture

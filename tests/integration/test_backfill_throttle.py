@@ -28,13 +28,13 @@ from backfill_schema import (
 from prometheus_client import generate_latest
 from psycopg import sql
 
-from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import control, run_backfill
 from online_uuid.embedded import TempCluster
 from online_uuid.metrics import METRICS
 from online_uuid.settings import BackfillSettings
 from support.clusters import add_standby
+from support.sessions import wait_for
 
 
 @pytest.fixture
@@ -311,10 +311,10 @@ def _smuggled(conn: psycopg.Connection) -> bool:
 def test_throttle_query_with_several_statements_is_refused_and_never_run(
     dsn: str, conn: psycopg.Connection
 ) -> None:
-    from helpers import invoke_cli
     from online_uuid import api
     from online_uuid.backfill import signals
     from online_uuid.errors import BackfillError, RefusedError
+    from support.cli import invoke_cli
 
     create_schema(conn, parents=100, children=10, leaves=10)
     create_migration(conn)

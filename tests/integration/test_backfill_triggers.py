@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from helpers import invoke_cli
 from online_uuid import api
 from online_uuid.errors import RefusedError
 from online_uuid.settings import StartSettings
+from support.cli import invoke_cli
 
 APP_DDL = """
 CREATE TABLE audit (id bigserial PRIMARY KEY, tbl text, at timestamptz DEFAULT now());

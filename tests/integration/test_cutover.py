@@ -18,22 +18,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import (
-    Writer,
-    catalog_snapshot,
-    constraint_defs,
-    error_lines,
-    phase_of,
-    spawn_cli,
-    state_snapshot,
-    wait_for,
-)
-from helpers import cli_in_process as _cli
 from online_uuid import api, naming
 from online_uuid.demo.schema import FOREIGN_KEYS, TABLES, create_schema
 from online_uuid.errors import LockTimeoutError
 from online_uuid.model import Phase, TableRef
 from online_uuid.settings import CutoverSettings, LockSettings, StartSettings
+from support.cli import cli_in_process as _cli
+from support.cli import error_lines, spawn_cli
+from support.sessions import wait_for
+from support.snapshots import catalog_snapshot, constraint_defs, phase_of, state_snapshot
+from support.workload import Writer
 
 MID = "parent"  # the default migration name: the first listed table
 

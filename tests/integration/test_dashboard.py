@@ -35,7 +35,6 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from psycopg import sql
 
-from helpers import wait_for
 from online_uuid import api, naming
 from online_uuid.demo.data import load
 from online_uuid.demo.schema import TABLES as DEMO_TABLES
@@ -45,6 +44,7 @@ from online_uuid.errors import LockTimeoutError
 from online_uuid.metrics import METRICS, Metrics
 from online_uuid.model import TableRef
 from online_uuid.settings import CutoverSettings, LockSettings
+from support.sessions import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"

@@ -15,12 +15,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import helpers as h
 from online_uuid import api, naming, state, statements
 from online_uuid.errors import VerifyError
 from online_uuid.model import TableRef
 from online_uuid.settings import StartSettings
 from online_uuid.statements import derive_fn, derive_label
+from support.cli import cli_in_process
+from support.snapshots import constraint_defs, phase_of
 
 NO_BACKFILL = StartSettings(backfill=False)
 EXTREMES = [1, 2, 0, -1, -5, 42, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
@@ -248,16 +249,16 @@ def test_a_forced_duplicate_stops_cutover_cleanly(dsn: str, conn: psycopg.Connec
     )
     api.backfill(dsn)
     assert api.verify(dsn).ok
-    before = h.constraint_defs(conn)
+    before = constraint_defs(conn)
     with pytest.raises(VerifyError) as err:
         api.cutover(dsn)
     msg = str(err.value)
     assert "\n" not in msg and "p has duplicate UUIDs" in msg, msg
     assert "00000000-0000-4000-8000-000000000010" in msg, msg
-    assert h.phase_of(conn, mid) == "backfilled"
+    assert phase_of(conn, mid) == "backfilled"
     uq = naming.unique_index(P, "id")
     assert conn.execute("SELECT to_regclass(%s)", (uq,)).fetchone() == (None,)
-    assert h.constraint_defs(conn) == before
+    assert constraint_defs(conn) == before
     types = conn.execute(
         "SELECT format_type(atttypid, -1) FROM pg_attribute WHERE attrelid = 'p'::regclass AND attname = 'id'"
     ).fetchone()
@@ -266,12 +267,10 @@ def test_a_forced_duplicate_stops_cutover_cleanly(dsn: str, conn: psycopg.Connec
 
 def test_derived_with_v7_is_refused_with_exit_2(dsn: str, conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE TABLE t (id serial PRIMARY KEY)")
-    code, _out, err = h.cli_in_process(
-        "start", "-t", "t", "--uuid", "v7", "--uuid-source", "derived", dsn=dsn
-    )
+    code, _out, err = cli_in_process("start", "-t", "t", "--uuid", "v7", "--uuid-source", "derived", dsn=dsn)
     assert code == 2 and "--uuid-source derived cannot make v7" in err, err
     assert not state.schema_exists(conn)
-    code, out, err = h.cli_in_process("plan", "-t", "t", "--uuid", "v7", "--json", dsn=dsn)
+    code, out, err = cli_in_process("plan", "-t", "t", "--uuid", "v7", "--json", dsn=dsn)
     assert code == 0, err
     import json
 
@@ -282,13 +281,13 @@ def test_plan_status_and_metrics_show_the_mode(dsn: str, conn: psycopg.Connectio
     import json
 
     _schema(conn)
-    code, out, err = h.cli_in_process("plan", "-t", "p", "--json", dsn=dsn)
+    code, out, err = cli_in_process("plan", "-t", "p", "--json", dsn=dsn)
     assert code == 0 and json.loads(out)["uuid_source"] == "derived", err
-    code, out, err = h.cli_in_process("plan", "-t", "p", dsn=dsn)
+    code, out, err = cli_in_process("plan", "-t", "p", dsn=dsn)
     assert code == 0 and "UUID source: derived" in out, err
-    code, out, err = h.cli_in_process("plan", "-t", "p", "--uuid-source", "random", "--json", dsn=dsn)
+    code, out, err = cli_in_process("plan", "-t", "p", "--uuid-source", "random", "--json", dsn=dsn)
     assert code == 0 and json.loads(out)["uuid_source"] == "random", err
-    code, out, err = h.cli_in_process("plan", "-t", "p", "--sql", dsn=dsn)
+    code, out, err = cli_in_process("plan", "-t", "p", "--sql", dsn=dsn)
     assert code == 0 and ":'online_uuid_secret'" in out, err
     from prometheus_client import generate_latest
 
@@ -298,7 +297,7 @@ def test_plan_status_and_metrics_show_the_mode(dsn: str, conn: psycopg.Connectio
     api.start(dsn, ["p"], metrics=m)
     assert 'online_uuid_info{uuid_source="derived"} 1.0' in generate_latest(m.registry).decode()
     assert api.status(dsn)["uuid_source"] == "derived"
-    code, out, err = h.cli_in_process("status", dsn=dsn)
+    code, out, err = cli_in_process("status", dsn=dsn)
     assert code == 0 and "derived" in out, err
 
 
@@ -365,7 +364,7 @@ def test_adopting_an_existing_uuid_column_keeps_the_lookup_path(
     conn.execute("CREATE TABLE t (id serial PRIMARY KEY, ext uuid NOT NULL UNIQUE DEFAULT gen_random_uuid())")
     conn.execute("INSERT INTO t DEFAULT VALUES")
     assert api.plan(dsn, ["t"], key_from=["t.ext"]).uuid_source == "random"
-    code, _out, err = h.cli_in_process(
+    code, _out, err = cli_in_process(
         "plan", "-t", "t", "--key-from", "t.ext", "--uuid-source", "derived", dsn=dsn
     )
     assert code == 2 and "--uuid-source derived cannot adopt existing UUIDs" in err, err

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-import helpers as h
 from online_uuid.embedded import TempCluster, find_pg_bin, free_port
 from online_uuid.naming import advisory_key
+from support.cli import error_lines, run_cli, spawn_cli
+from support.sessions import wait_for, waiting_on_lock
 
 pytestmark = pytest.mark.skipif(find_pg_bin() is None, reason="needs local PostgreSQL binaries (pg_ctl)")
 
@@ -46,7 +47,7 @@ def _seed(dsn: str) -> None:
             "INSERT INTO child (parent_id) SELECT 1 + g %% %s FROM generate_series(1, %s) g",
             (PARENTS, PARENTS // 2),
         )
-    done = h.run_cli("start", "--no-backfill", "--dsn", dsn, "-t", "parent")
+    done = run_cli("start", "--no-backfill", "--dsn", dsn, "-t", "parent")
     assert done.returncode == 0, done.stderr
 
 
@@ -88,18 +89,18 @@ def _wait_connectable(dsn: str, timeout: float = 30) -> None:
         except psycopg.OperationalError:
             return False
 
-    h.wait_for(ok, timeout, "the server to accept connections")
+    wait_for(ok, timeout, "the server to accept connections")
 
 
 def _spawn_backfill(dsn: str, *extra: str) -> subprocess.Popen[str]:
-    return h.spawn_cli(
+    return spawn_cli(
         "backfill", "--dsn", dsn, "--max-rows-per-second", RATE, "--vacuum-every", "0",
         "--log-format", "json", *extra,
     )  # fmt: skip
 
 
 def _mid_run(dsn: str) -> None:
-    h.wait_for(lambda: _rows_done(dsn) > 2000, 60, "the backfill to get going")
+    wait_for(lambda: _rows_done(dsn) > 2000, 60, "the backfill to get going")
 
 
 def _errors_by_kind(port: int) -> dict[str, float]:
@@ -124,11 +125,11 @@ def test_backfill_survives_a_server_restart(cluster: TempCluster, mode: str) -> 
     cluster.restart(mode)
     _wait_connectable(dsn)
     # the lock is taken again before any further write, and held until the run ends
-    holders = h.wait_for(lambda: _lock_holders(dsn), 10, "the run to take its lock again")
+    holders = wait_for(lambda: _lock_holders(dsn), 10, "the run to take its lock again")
     assert all(a.startswith("online-uuid/parent/") for a in holders), holders
     assert _rows_done(dsn) >= before
     # the metrics say what happened, while the run goes on
-    kinds = h.wait_for(
+    kinds = wait_for(
         lambda: {k for k, v in _errors_by_kind(port).items() if v > 0}, 10, "the errors in /metrics"
     )
     assert kinds <= {"server_restart", "connection", "lock_lost"}, kinds
@@ -163,9 +164,7 @@ def test_a_run_that_lost_its_lock_stops_when_another_took_it(cluster: TempCluste
             target=other.execute, args=("SELECT pg_advisory_lock(hashtext(%s))", (advisory_key("parent"),))
         )
         waiter.start()
-        h.wait_for(
-            lambda: h.waiting_on_lock(admin, "online-uuid/parent/other"), 10, "the competitor to queue"
-        )
+        wait_for(lambda: waiting_on_lock(admin, "online-uuid/parent/other"), 10, "the competitor to queue")
         admin.execute("SELECT pg_terminate_backend(%s)", (holder_pid,))
         waiter.join(10)
         assert _lock_holders(dsn) == ["online-uuid/parent/other"]
@@ -175,10 +174,10 @@ def test_a_run_that_lost_its_lock_stops_when_another_took_it(cluster: TempCluste
         assert _rows_done(dsn) == left, "the first run wrote without the lock"
         other.close()
     assert first.returncode == 2, err[-3000:]
-    lines = h.error_lines(err)
+    lines = error_lines(err)
     assert len(lines) == 1 and "another online-uuid run took it" in lines[0], err[-2000:]
     assert "online-uuid/parent/other" in lines[0]
     # state intact: a rerun finishes
-    again = h.run_cli("backfill", "--dsn", dsn, "--vacuum-every", "0")
+    again = run_cli("backfill", "--dsn", dsn, "--vacuum-every", "0")
     assert again.returncode == 0, again.stderr
     assert _filled(dsn) == (0, 0, "backfilled")

@@ -154,13 +154,13 @@ def test_reset_idle_sessions_still_ends_idle_sessions(dsn: str, conn: psycopg.Co
 def test_cli_check_names_sessions_at_risk_and_cutover_resets_them(dsn: str, conn: psycopg.Connection) -> None:
     import json
 
-    import helpers as h
+    from support.cli import invoke_cli
 
     _seed(conn)
-    assert h.invoke_cli("start", "--dsn", dsn, "-t", "parent").returncode == 0
+    assert invoke_cli("start", "--dsn", dsn, "-t", "parent").returncode == 0
     with psycopg.connect(dsn, application_name=APP, autocommit=True) as app:
         app.execute("SELECT id FROM parent LIMIT 1")
-        check = h.invoke_cli("cutover", "--check", "--dsn", dsn, "--json")
+        check = invoke_cli("cutover", "--check", "--dsn", dsn, "--json")
         assert check.returncode == 0, check.stdout + check.stderr
         doc = json.loads(check.stdout)
         assert {
@@ -169,10 +169,10 @@ def test_cli_check_names_sessions_at_risk_and_cutover_resets_them(dsn: str, conn
             "role": "postgres",
             "state": "idle",
         } in doc["sessions_at_risk"]
-        text = h.invoke_cli("cutover", "--check", "--dsn", dsn).stdout
+        text = invoke_cli("cutover", "--check", "--dsn", dsn).stdout
         assert f"application {APP} (role postgres), pids {app.info.backend_pid}" in text
         assert f"--reset-sessions {APP}" in text
-        done = h.invoke_cli("cutover", "--dsn", dsn, "--reset-sessions", APP, "--json")
+        done = invoke_cli("cutover", "--dsn", dsn, "--reset-sessions", APP, "--json")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["sessions_reset"] == [app.info.backend_pid]
         with pytest.raises(psycopg.OperationalError):

@@ -11,8 +11,11 @@ import psycopg
 import pytest
 from backfill_schema import ALL_ZERO, MID, Running, create_migration, create_schema, jobs, problems, scalar
 
-import helpers as h
 from online_uuid.settings import BackfillSettings
+from support.cli import error_lines, run_cli, spawn_cli
+from support.schema import PUBLIC
+from support.schema import create_schema as create_test_schema
+from support.sessions import wait_for
 
 
 @contextmanager
@@ -59,7 +62,7 @@ def test_cancelled_batches_are_retried_and_no_row_is_lost(dsn: str, conn: psycop
             every(0.1, "cancel", dsn, f"online-uuid/{MID}/backfill", "UPDATE %") as hits,
             Running(dsn, settings) as run,
         ):
-            h.wait_for(lambda: len(hits) >= 3, 60, "a cancelled batch")
+            wait_for(lambda: len(hits) >= 3, 60, "a cancelled batch")
             holder.commit()
             result = run.join(180)
     assert hits, "no batch was cancelled: the test did not test anything"
@@ -76,22 +79,22 @@ def _phase(conn: psycopg.Connection) -> str:
 
 
 def _schema(conn: psycopg.Connection) -> None:
-    h.create_schema(conn, h.PUBLIC, rows=20_000)
+    create_test_schema(conn, PUBLIC, rows=20_000)
 
 
 def test_cutover_under_sessions_terminated_every_300ms(dsn: str, conn: psycopg.Connection) -> None:
     _schema(conn)
-    done = h.run_cli("start", "--dsn", dsn, *[a for t in h.PUBLIC.table_args() for a in ("-t", t)])
+    done = run_cli("start", "--dsn", dsn, *[a for t in PUBLIC.table_args() for a in ("-t", t)])
     assert done.returncode == 0, done.stderr
     before = conn.execute("SELECT id, id_uuid FROM parent ORDER BY id").fetchall()
     with every(0.3, "terminate", dsn, "online-uuid/%") as hits:
-        first = h.run_cli("cutover", "--dsn", dsn, timeout=300)
+        first = run_cli("cutover", "--dsn", dsn, timeout=300)
     assert hits, "no session was terminated"
     phase = _phase(conn)
     if first.returncode != 0:  # fails cleanly: one error line, a state a rerun goes on from
-        assert len(h.error_lines(first.stderr)) == 1, first.stderr[-2000:]
+        assert len(error_lines(first.stderr)) == 1, first.stderr[-2000:]
         assert phase in ("backfilled", "preparing"), phase
-        again = h.run_cli("cutover", "--dsn", dsn, timeout=300)
+        again = run_cli("cutover", "--dsn", dsn, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]
     assert _phase(conn) == "cut_over"
     after = conn.execute("SELECT id_int, id FROM parent ORDER BY id_int").fetchall()
@@ -101,14 +104,14 @@ def test_cutover_under_sessions_terminated_every_300ms(dsn: str, conn: psycopg.C
         "WHERE c.parent_id IS NOT NULL AND p.id IS NULL"
     ).fetchone()
     assert orphans == (0,)
-    assert h.run_cli("verify", "--dsn", dsn).returncode == 0
+    assert run_cli("verify", "--dsn", dsn).returncode == 0
 
 
 @pytest.mark.parametrize("round_", range(2))
 def test_two_starts_of_the_same_tables_at_once(dsn: str, conn: psycopg.Connection, round_: int) -> None:
     _schema(conn)
-    args = ["start", "--dsn", dsn, *[a for t in h.PUBLIC.table_args() for a in ("-t", t)]]
-    procs = [h.spawn_cli(*args) for _ in range(2)]
+    args = ["start", "--dsn", dsn, *[a for t in PUBLIC.table_args() for a in ("-t", t)]]
+    procs = [spawn_cli(*args) for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes in ([0, 0], [0, 2]), outs
@@ -127,4 +130,4 @@ def test_two_starts_of_the_same_tables_at_once(dsn: str, conn: psycopg.Connectio
     assert len(shadows) == len(set(shadows)) == 7, shadows
     steps = conn.execute("SELECT count(*), count(DISTINCT step_id) FROM online_uuid.steps").fetchone()
     assert steps is not None and steps[0] == steps[1]
-    assert h.run_cli("verify", "--dsn", dsn).returncode == 0
+    assert run_cli("verify", "--dsn", dsn).returncode == 0

@@ -7,8 +7,8 @@ import json
 import psycopg
 from psycopg import sql
 
-import helpers as h
 from online_uuid import api
+from support.cli import invoke_cli
 
 STRICT = {
     "statement_timeout": "100ms",
@@ -85,13 +85,13 @@ def test_plan_names_the_settings_it_overrides(dsn: str, conn: psycopg.Connection
         )
     )
     try:
-        done = h.invoke_cli("plan", "--dsn", dsn, "-t", "parent", "--json")
+        done = invoke_cli("plan", "--dsn", dsn, "-t", "parent", "--json")
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
         found = {(s["scope"], s["name"], s["value"]) for s in doc["session_settings"]}
         assert (f"database {db}", "lock_timeout", "50ms") in found
         assert (f"role {role} in database {db}", "statement_timeout", "30s") in found
-        text = h.invoke_cli("plan", "--dsn", dsn, "-t", "parent")
+        text = invoke_cli("plan", "--dsn", dsn, "-t", "parent")
         assert "idle_in_transaction_session_timeout = 1s (database " in text.stdout
         assert "online-uuid overrides" in text.stdout
     finally:

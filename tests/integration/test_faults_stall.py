@@ -10,10 +10,13 @@ import pytest
 from backfill_schema import ALL_ZERO, MID, Running, create_migration, create_schema, jobs, problems, scalar
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-import helpers as h
 from online_uuid.errors import BackfillError
 from online_uuid.settings import BackfillSettings
+from support.cli import error_lines, run_cli
 from support.proxy import StallingProxy
+from support.schema import PUBLIC
+from support.schema import create_schema as create_test_schema
+from support.sessions import backends, wait_for
 
 
 def _via(dsn: str, proxy: StallingProxy) -> str:
@@ -27,16 +30,16 @@ def _port(dsn: str) -> int:
 def test_a_command_on_a_stalled_path_gives_up_at_its_connect_timeout(
     dsn: str, conn: psycopg.Connection
 ) -> None:
-    h.create_schema(conn, h.PUBLIC, rows=10)
-    assert h.run_cli("start", "--dsn", dsn, "-t", "parent").returncode == 0
+    create_test_schema(conn, PUBLIC, rows=10)
+    assert run_cli("start", "--dsn", dsn, "-t", "parent").returncode == 0
     with StallingProxy(_port(dsn)) as proxy:
-        assert h.run_cli("status", "--dsn", _via(dsn, proxy)).returncode == 0  # the path works
+        assert run_cli("status", "--dsn", _via(dsn, proxy)).returncode == 0  # the path works
         proxy.stall()
         t0 = time.monotonic()
-        done = h.run_cli("status", "--dsn", _via(dsn, proxy), timeout=60)
+        done = run_cli("status", "--dsn", _via(dsn, proxy), timeout=60)
         took = time.monotonic() - t0
     assert done.returncode == 1 and took < 15, (took, done.stderr)
-    lines = h.error_lines(done.stderr)
+    lines = error_lines(done.stderr)
     assert len(lines) == 1 and "cannot connect" in lines[0] and "timeout" in lines[0], done.stderr
 
 
@@ -55,7 +58,7 @@ def test_a_backfill_whose_connection_stalls_gives_up_and_resumes(dsn: str, conn:
     with StallingProxy(_port(dsn)) as proxy:
         run = Running(_via(dsn, proxy), settings, take_lock=True)  # its lock session stalls too
         with run:
-            h.wait_for(
+            wait_for(
                 lambda: scalar(conn, "SELECT coalesce(sum(rows_done), 0) FROM online_uuid.backfill") > 2000
             )
             proxy.stall()
@@ -68,7 +71,7 @@ def test_a_backfill_whose_connection_stalls_gives_up_and_resumes(dsn: str, conn:
         assert "stopped" in str(exc.value) and "online-uuid backfill" in str(exc.value)
         assert run.gauge("online_uuid_errors_total", kind="stalled") >= 1
     # the proxy is gone: the server sees the run's sessions end; nothing was half-written
-    h.wait_for(lambda: not h.backends(conn, f"online-uuid/{MID}/"), 40, "the stalled sessions to end")
+    wait_for(lambda: not backends(conn, f"online-uuid/{MID}/"), 40, "the stalled sessions to end")
     done = jobs(conn)["key:App Data.Parent.select"]["rows_done"]
     filled = scalar(conn, 'SELECT count(*) FROM "App Data"."Parent" WHERE select_uuid IS NOT NULL')
     assert done == filled  # each batch's rows and its cursor committed together, or neither

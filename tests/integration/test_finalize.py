@@ -18,12 +18,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import catalog_snapshot, constraint_defs, fresh_database, phase_of, schema_dump
-from helpers import cli_in_process as _cli
 from online_uuid import api, naming
 from online_uuid.embedded import PgServer
 from online_uuid.model import Phase
 from online_uuid.settings import StartSettings
+from support.cli import cli_in_process as _cli
+from support.schema import fresh_database
+from support.snapshots import catalog_snapshot, constraint_defs, phase_of, schema_dump
 
 HELPER = re.compile(r"^(ou|OU)_|_ou$")  # names of the tool's preparation objects (naming.py)
 

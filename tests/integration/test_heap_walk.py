@@ -9,11 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import writing
 from online_uuid import api
 from online_uuid.backfill import run_backfill
 from online_uuid.backfill.progress import JobProgress
 from online_uuid.settings import BackfillSettings, StartSettings
+from support.workload import writing
 
 pytestmark = pytest.mark.pg(14)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from helpers import catalog_snapshot, cli_in_process
 from online_uuid import api
+from support.cli import cli_in_process
+from support.snapshots import catalog_snapshot
 
 DDL = """
 CREATE SCHEMA "Shop";

@@ -22,12 +22,12 @@ from backfill_schema import (
 from psycopg import sql
 from typer.testing import CliRunner
 
-from helpers import wait_for
 from online_uuid import state, status
 from online_uuid.backfill import canary, control
 from online_uuid.cli import app
 from online_uuid.errors import RefusedError
 from online_uuid.settings import BackfillSettings
+from support.sessions import wait_for
 
 CEILING = 5000.0  # the user's --max-rows-per-second: the budget never allows more
 FACTOR = 3.0

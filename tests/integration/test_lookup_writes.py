@@ -20,11 +20,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from helpers import wait_for
 from online_uuid import api, naming, state
 from online_uuid.errors import LockTimeoutError
 from online_uuid.model import TableRef
 from online_uuid.settings import BackfillSettings, CutoverSettings, LockSettings, StartSettings
+from support.sessions import wait_for
 
 MID = "p"
 LOOKUP = StartSettings(uuid_source="random")  # the lookup path (derived is the v4 default)

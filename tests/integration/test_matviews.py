@@ -6,8 +6,8 @@ import random
 
 import psycopg
 
-from helpers import writing
 from online_uuid import api
+from support.workload import writing
 
 DDL = """
 CREATE TABLE film (film_id serial PRIMARY KEY, title text NOT NULL);

@@ -7,10 +7,10 @@ import json
 import psycopg
 import pytest
 
-from helpers import cli_in_process as _cli
 from online_uuid import api
 from online_uuid.errors import PlanError
 from online_uuid.model import TableRef
+from support.cli import cli_in_process as _cli
 
 GUIDE_DDL = """
 CREATE TABLE mcp_connectors (id serial PRIMARY KEY, name text UNIQUE NOT NULL);

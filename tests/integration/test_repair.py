@@ -13,9 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import invoke_cli, phase_of, writing
 from online_uuid import api
 from online_uuid.phases import cutover as cutover_phase
+from support.cli import invoke_cli
+from support.snapshots import phase_of
+from support.workload import writing
 
 DDL = """
 CREATE TABLE p (id serial PRIMARY KEY, v text);

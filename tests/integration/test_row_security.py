@@ -7,9 +7,9 @@ import json
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from helpers import invoke_cli
 from online_uuid import api
 from online_uuid.settings import StartSettings
+from support.cli import invoke_cli
 
 DDL = """
 CREATE TABLE p (id serial PRIMARY KEY, v text);

@@ -23,9 +23,27 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import helpers as h
 from online_uuid import api, state
 from online_uuid.settings import StartSettings
+from support.cli import error_lines, invoke_cli, kill9, run_cli, spawn_cli
+from support.schema import (
+    PUBLIC,
+    VARIANTS,
+    Names,
+    Table,
+    create_schema,
+    dual_write_problems,
+    fresh_database,
+    insert,
+    key_shadow,
+    next_key,
+    shadows,
+)
+from support.schema import fk_shadow as read_fk_shadow
+from support.sessions import backends, wait_for, waiting_on_lock
+from support.snapshots import catalog_snapshot, phase_of, schema_dump, state_snapshot, steps_done
+from support.workload import Touched, Writer, app_workload, touched_since
+from support.workload import writing as app_writing
 
 # This module tests the lookup dual-write (random mode) in depth; tests/integration/test_derived.py
 # does the same for derived UUIDs, and the rollback test below runs in both modes.
@@ -33,8 +51,8 @@ NO_BACKFILL = StartSettings(backfill=False, uuid_source="random")
 
 
 @pytest.fixture(params=["public", "quoted"])
-def names(request: pytest.FixtureRequest) -> h.Names:
-    return h.VARIANTS[request.param]
+def names(request: pytest.FixtureRequest) -> Names:
+    return VARIANTS[request.param]
 
 
 @dataclass
@@ -47,37 +65,37 @@ class Live:
 
     dsn: str
     conn: psycopg.Connection
-    n: h.Names
+    n: Names
     mid: str
-    writer: h.Writer
+    writer: Writer
     started_at: float  # monotonic time start returned
-    touched: h.Touched = field(default_factory=list)
+    touched: Touched = field(default_factory=list)
     since: float = 0.0  # monotonic time the current test began
 
     def check(self) -> None:
         """The application met no error, kept writing, and every row it wrote meanwhile is right."""
-        h.wait_for(
+        wait_for(
             lambda: self.writer.calls_since(self.since) > 3 or self.writer.errors,
             what="the application to write during the test",
         )
         assert self.writer.errors == [], self.writer.errors[:5]
-        written, inserted = h.touched_since(self.touched, self.since)
+        written, inserted = touched_since(self.touched, self.since)
         assert sum(map(len, inserted.values())) > 0
-        assert h.dual_write_problems(self.conn, self.n, written, inserted) == []
+        assert dual_write_problems(self.conn, self.n, written, inserted) == []
 
 
 @pytest.fixture(scope="module", params=["public", "quoted"])
 def shared_live(pg_server: Any, request: pytest.FixtureRequest) -> Iterator[Live]:
-    n = h.VARIANTS[request.param]
+    n = VARIANTS[request.param]
     with (
-        h.fresh_database(pg_server.dsn, pg_server.dsn_for) as dsn,
+        fresh_database(pg_server.dsn, pg_server.dsn_for) as dsn,
         psycopg.connect(dsn, autocommit=True) as conn,
     ):
-        h.create_schema(conn, n)
-        touched: h.Touched = []
-        writer = h.Writer(dsn, h.app_workload(n, touched), name="application").start()
+        create_schema(conn, n)
+        touched: Touched = []
+        writer = Writer(dsn, app_workload(n, touched), name="application").start()
         try:
-            h.wait_for(lambda: writer.calls > 5, what="the writer to get going")
+            wait_for(lambda: writer.calls > 5, what="the writer to get going")
             mid = api.start(dsn, n.table_args(), settings=NO_BACKFILL)  # while the application writes
             yield Live(dsn, conn, n, mid, writer, time.monotonic(), touched)
         finally:
@@ -98,7 +116,7 @@ def _u(value: Any) -> uuid.UUID:
 # --- what start builds ------------------------------------------------------------------------
 
 
-def _columns(conn: psycopg.Connection, t: h.Table) -> dict[str, tuple[str, bool, str | None]]:
+def _columns(conn: psycopg.Connection, t: Table) -> dict[str, tuple[str, bool, str | None]]:
     rows = conn.execute(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                   pg_get_expr(d.adbin, d.adrelid)
@@ -109,7 +127,7 @@ def _columns(conn: psycopg.Connection, t: h.Table) -> dict[str, tuple[str, bool,
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def _data(conn: psycopg.Connection, t: h.Table) -> list[tuple[Any, ...]]:
+def _data(conn: psycopg.Connection, t: Table) -> list[tuple[Any, ...]]:
     cols = [t.i(t.pk), *([t.i(t.fk)] if t.fk else []), sql.Identifier("note")]
     q = sql.SQL("SELECT {} FROM {} ORDER BY 1").format(sql.SQL(", ").join(cols), t.ident)
     return [tuple(r) for r in conn.execute(q).fetchall()]
@@ -121,15 +139,15 @@ def _app(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def test_start_adds_nullable_uuid_shadows_and_triggers_and_touches_no_data(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
-    before = h.catalog_snapshot(conn)
+    create_schema(conn, names)
+    before = catalog_snapshot(conn)
     data = {t.name: _data(conn, t) for t in names.tables()}
 
     mid = api.start(dsn, names.table_args(), settings=NO_BACKFILL)
 
-    after = h.catalog_snapshot(conn)
+    after = catalog_snapshot(conn)
     # The application's constraints and indexes are exactly as they were (names included).
     # (the fix-up triggers are constraint triggers, listed in pg_constraint as TRIGGER ...)
     assert [c for c in _app(after["constraints"]) if not str(c[3]).startswith("TRIGGER")] == _app(
@@ -170,7 +188,7 @@ def test_start_adds_nullable_uuid_shadows_and_triggers_and_touches_no_data(
             assert "search_path TO 'pg_catalog', 'pg_temp'" in body, name
         if name.endswith("_fk_fn"):
             assert "OPERATOR(pg_catalog.=)" in body, name
-    snap = h.state_snapshot(conn)[mid]
+    snap = state_snapshot(conn)[mid]
     assert snap["phase"] == "expanded"
     assert sorted(snap["steps"]) == sorted(
         [f"start:key:{t.schema}.{t.name}.{t.pk}" for t in names.tables()]
@@ -183,7 +201,7 @@ def test_start_adds_nullable_uuid_shadows_and_triggers_and_touches_no_data(
 
 def test_parent_insert_gets_a_fresh_uuid(live: Live) -> None:
     conn, p = live.conn, live.n.parent
-    one = h.insert(conn, p)
+    one = insert(conn, p)
     row = conn.execute(
         sql.SQL("INSERT INTO {} ({}) VALUES (NULL) RETURNING {}").format(p.ident, p.i(p.pk_shadow), p.i(p.pk))
     ).fetchone()  # an explicit NULL gets one too
@@ -196,7 +214,7 @@ def test_parent_insert_gets_a_fresh_uuid(live: Live) -> None:
             )
         ).fetchall()
     ]
-    got = [_u(h.key_shadow(conn, p, k)) for k in [one, row[0], *many]]
+    got = [_u(key_shadow(conn, p, k)) for k in [one, row[0], *many]]
     assert all(g.version == 4 for g in got)
     assert len(set(got)) == len(got)
     live.check()
@@ -204,49 +222,49 @@ def test_parent_insert_gets_a_fresh_uuid(live: Live) -> None:
 
 def test_child_insert_copies_its_parents_uuid(live: Live) -> None:
     conn, n = live.conn, live.n
-    parent = h.insert(conn, n.parent)
-    pu = _u(h.key_shadow(conn, n.parent, parent))
+    parent = insert(conn, n.parent)
+    pu = _u(key_shadow(conn, n.parent, parent))
     for t in (n.child, n.dchild):
-        kid = h.insert(conn, t, fk=parent)
-        shadow, fk, fk_shadow = h.shadows(conn, t, kid)
+        kid = insert(conn, t, fk=parent)
+        shadow, fk, fk_shadow = shadows(conn, t, kid)
         assert (fk, fk_shadow) == (parent, pu)
         assert _u(shadow) != pu
     # A parent from before start has no UUID until the backfill: its new child waits with it.
-    old_kid = h.insert(conn, n.child, fk=1)
-    assert h.key_shadow(conn, n.parent, 1) is None
-    assert h.fk_shadow(conn, n.child, old_kid) is None
+    old_kid = insert(conn, n.child, fk=1)
+    assert key_shadow(conn, n.parent, 1) is None
+    assert read_fk_shadow(conn, n.child, old_kid) is None
     live.check()
 
 
 def test_null_fk_gives_a_null_shadow_and_back(live: Live) -> None:
     conn, n = live.conn, live.n
-    parent = h.insert(conn, n.parent)
-    pu = h.key_shadow(conn, n.parent, parent)
+    parent = insert(conn, n.parent)
+    pu = key_shadow(conn, n.parent, parent)
     for t in (n.child, n.dchild, n.node):
-        kid = h.insert(conn, t, fk=None)
-        assert h.shadows(conn, t, kid)[1:] == (None, None)
+        kid = insert(conn, t, fk=None)
+        assert shadows(conn, t, kid)[1:] == (None, None)
         ref = parent if t is not n.node else kid
-        ref_u = pu if t is not n.node else h.key_shadow(conn, t, kid)
+        ref_u = pu if t is not n.node else key_shadow(conn, t, kid)
         upd = sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(t.ident, t.i(t.fk or ""), t.i(t.pk))
         conn.execute(upd, (ref, kid))
-        assert h.shadows(conn, t, kid)[1:] == (ref, ref_u)
+        assert shadows(conn, t, kid)[1:] == (ref, ref_u)
         conn.execute(upd, (None, kid))
-        assert h.shadows(conn, t, kid)[1:] == (None, None)
+        assert shadows(conn, t, kid)[1:] == (None, None)
     live.check()
 
 
 def test_self_references_to_another_row_and_to_itself(live: Live) -> None:
     conn, nd = live.conn, live.n.node
-    top = h.insert(conn, nd)
-    below = h.insert(conn, nd, fk=top)
-    assert h.fk_shadow(conn, nd, below) == _u(h.key_shadow(conn, nd, top))
+    top = insert(conn, nd)
+    below = insert(conn, nd, fk=top)
+    assert read_fk_shadow(conn, nd, below) == _u(key_shadow(conn, nd, top))
     # INSERT (id, parent_id) VALUES (k, k): the row references itself.
-    k = h.next_key(conn, nd)
+    k = next_key(conn, nd)
     conn.execute(
         sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(nd.ident, nd.i(nd.pk), nd.i(nd.fk or "")),
         (k, k),
     )
-    own, fk, fk_shadow = h.shadows(conn, nd, k)
+    own, fk, fk_shadow = shadows(conn, nd, k)
     assert (fk, fk_shadow) == (k, _u(own))
     # An existing row pointed at itself by UPDATE.
     conn.execute(
@@ -255,7 +273,7 @@ def test_self_references_to_another_row_and_to_itself(live: Live) -> None:
         ),
         (below,),
     )
-    own, fk, fk_shadow = h.shadows(conn, nd, below)
+    own, fk, fk_shadow = shadows(conn, nd, below)
     assert (fk, fk_shadow) == (below, _u(own))
     live.check()
 
@@ -263,16 +281,16 @@ def test_self_references_to_another_row_and_to_itself(live: Live) -> None:
 def test_parent_and_child_in_one_transaction_and_one_statement(live: Live) -> None:
     conn, n = live.conn, live.n
     with conn.transaction():
-        parent = h.insert(conn, n.parent)
-        kid = h.insert(conn, n.child, fk=parent)
-        dkid = h.insert(conn, n.dchild, fk=parent)
-        top = h.insert(conn, n.node)
-        leaf = h.insert(conn, n.node, fk=top)
+        parent = insert(conn, n.parent)
+        kid = insert(conn, n.child, fk=parent)
+        dkid = insert(conn, n.dchild, fk=parent)
+        top = insert(conn, n.node)
+        leaf = insert(conn, n.node, fk=top)
         # Already right inside the transaction, not only after it.
-        assert h.fk_shadow(conn, n.child, kid) == _u(h.key_shadow(conn, n.parent, parent))
-    pu = h.key_shadow(conn, n.parent, parent)
-    assert h.fk_shadow(conn, n.child, kid) == pu and h.fk_shadow(conn, n.dchild, dkid) == pu
-    assert h.fk_shadow(conn, n.node, leaf) == h.key_shadow(conn, n.node, top)
+        assert read_fk_shadow(conn, n.child, kid) == _u(key_shadow(conn, n.parent, parent))
+    pu = key_shadow(conn, n.parent, parent)
+    assert read_fk_shadow(conn, n.child, kid) == pu and read_fk_shadow(conn, n.dchild, dkid) == pu
+    assert read_fk_shadow(conn, n.node, leaf) == key_shadow(conn, n.node, top)
     # A writable CTE: parent and child in one statement.
     p, c = n.parent, n.child
     row = conn.execute(
@@ -282,20 +300,20 @@ def test_parent_and_child_in_one_transaction_and_one_statement(live: Live) -> No
         ).format(p.ident, p.i(p.pk), c.ident, c.i(c.fk or ""), p.i(p.pk), c.i(c.pk), c.i(c.fk or ""))
     ).fetchone()
     assert row is not None
-    assert h.fk_shadow(conn, c, row[0]) == _u(h.key_shadow(conn, p, row[1]))
+    assert read_fk_shadow(conn, c, row[0]) == _u(key_shadow(conn, p, row[1]))
     live.check()
 
 
 def test_multi_row_insert_where_the_referenced_row_comes_later(live: Live) -> None:
     """The deferred fix-up trigger fills what the row trigger could not see yet."""
     conn, nd = live.conn, live.n.node
-    a, b, c, x, y = (h.next_key(conn, nd) for _ in range(5))
+    a, b, c, x, y = (next_key(conn, nd) for _ in range(5))
     ins = sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s), (%s, %s), (%s, %s)").format(
         nd.ident, nd.i(nd.pk), nd.i(nd.fk or "")
     )
     conn.execute(ins, (a, b, b, c, c, None))  # a -> b -> c, each referenced row inserted after its child
     for kid, ref in ((a, b), (b, c)):
-        assert h.fk_shadow(conn, nd, kid) == _u(h.key_shadow(conn, nd, ref))
+        assert read_fk_shadow(conn, nd, kid) == _u(key_shadow(conn, nd, ref))
     # A cycle x <-> y, and the same inside an explicit transaction (right at commit).
     with conn.transaction():
         conn.execute(
@@ -304,39 +322,39 @@ def test_multi_row_insert_where_the_referenced_row_comes_later(live: Live) -> No
             ),
             (x, y, y, x),
         )
-    assert h.fk_shadow(conn, nd, x) == _u(h.key_shadow(conn, nd, y))
-    assert h.fk_shadow(conn, nd, y) == _u(h.key_shadow(conn, nd, x))
+    assert read_fk_shadow(conn, nd, x) == _u(key_shadow(conn, nd, y))
+    assert read_fk_shadow(conn, nd, y) == _u(key_shadow(conn, nd, x))
     live.check()
 
 
 def test_key_change_with_on_update_cascade_keeps_the_uuid(live: Live) -> None:
     conn, n = live.conn, live.n
     p, c, nd = n.parent, n.child, n.node
-    parent = h.insert(conn, p)
-    pu = _u(h.key_shadow(conn, p, parent))
-    kids = [h.insert(conn, c, fk=parent) for _ in range(3)]
-    new_key = h.next_key(conn, p) + 1000
+    parent = insert(conn, p)
+    pu = _u(key_shadow(conn, p, parent))
+    kids = [insert(conn, c, fk=parent) for _ in range(3)]
+    new_key = next_key(conn, p) + 1000
     conn.execute(
         sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(p.ident, p.i(p.pk), p.i(p.pk)),
         (new_key, parent),
     )
-    assert h.key_shadow(conn, p, new_key) == pu  # a key's UUID never changes
+    assert key_shadow(conn, p, new_key) == pu  # a key's UUID never changes
     for kid in kids:
-        assert h.shadows(conn, c, kid)[1:] == (new_key, pu)
+        assert shadows(conn, c, kid)[1:] == (new_key, pu)
     # Self-referencing cascade, including a row that references itself.
-    k = h.next_key(conn, nd)
+    k = next_key(conn, nd)
     conn.execute(
         sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(nd.ident, nd.i(nd.pk), nd.i(nd.fk or "")),
         (k, k),
     )
-    leaf = h.insert(conn, nd, fk=k)
-    ku = _u(h.key_shadow(conn, nd, k))
+    leaf = insert(conn, nd, fk=k)
+    ku = _u(key_shadow(conn, nd, k))
     conn.execute(
         sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(nd.ident, nd.i(nd.pk), nd.i(nd.pk)),
         (k + 5000, k),
     )
-    assert h.shadows(conn, nd, k + 5000) == (ku, k + 5000, ku)
-    assert h.shadows(conn, nd, leaf)[1:] == (k + 5000, ku)
+    assert shadows(conn, nd, k + 5000) == (ku, k + 5000, ku)
+    assert shadows(conn, nd, leaf)[1:] == (k + 5000, ku)
     live.check()
 
 
@@ -344,11 +362,11 @@ def test_deferrable_fk_child_inserted_before_its_parent(live: Live) -> None:
     conn, p, d = live.conn, live.n.parent, live.n.dchild
     with conn.transaction():
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
-        key = h.next_key(conn, p)
-        kid = h.insert(conn, d, fk=key)
-        assert h.fk_shadow(conn, d, kid) == uuid.UUID(int=0)  # parent not there yet: marked for the fix-up
-        h.insert(conn, p, pk=key)
-    assert h.shadows(conn, d, kid)[1:] == (key, _u(h.key_shadow(conn, p, key)))
+        key = next_key(conn, p)
+        kid = insert(conn, d, fk=key)
+        assert read_fk_shadow(conn, d, kid) == uuid.UUID(int=0)  # parent not there yet: marked for the fix-up
+        insert(conn, p, pk=key)
+    assert shadows(conn, d, kid)[1:] == (key, _u(key_shadow(conn, p, key)))
     live.check()
 
 
@@ -356,20 +374,20 @@ def test_deferred_child_updated_before_its_parent_arrives(live: Live) -> None:
     conn, p, d = live.conn, live.n.parent, live.n.dchild
     with conn.transaction():
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
-        key = h.next_key(conn, p)
-        kid = h.insert(conn, d, fk=key)
+        key = next_key(conn, p)
+        kid = insert(conn, d, fk=key)
         conn.execute(
             sql.SQL("UPDATE {} SET note = 'edited' WHERE {} = %s").format(d.ident, d.i(d.pk)), (kid,)
         )
-        h.insert(conn, p, pk=key)
-    assert h.shadows(conn, d, kid)[1:] == (key, _u(h.key_shadow(conn, p, key)))
+        insert(conn, p, pk=key)
+    assert shadows(conn, d, kid)[1:] == (key, _u(key_shadow(conn, p, key)))
     live.check()
 
 
 def test_copy_fills_shadows_like_insert(live: Live) -> None:
     conn, n = live.conn, live.n
     p, c, nd = n.parent, n.child, n.node
-    keys = [h.next_key(conn, p) for _ in range(20)]
+    keys = [next_key(conn, p) for _ in range(20)]
     with conn.cursor() as cur:
         with cur.copy(sql.SQL("COPY {} ({}, note) FROM STDIN").format(p.ident, p.i(p.pk))) as cp:
             for k in keys:
@@ -377,13 +395,13 @@ def test_copy_fills_shadows_like_insert(live: Live) -> None:
         with cur.copy(sql.SQL("COPY {} ({}, note) FROM STDIN").format(c.ident, c.i(c.fk or ""))) as cp:
             for i, k in enumerate(keys):
                 cp.write_row((None if i % 4 == 0 else k, "copied"))
-        a, b, s = (h.next_key(conn, nd) for _ in range(3))
+        a, b, s = (next_key(conn, nd) for _ in range(3))
         with cur.copy(
             sql.SQL("COPY {} ({}, {}) FROM STDIN").format(nd.ident, nd.i(nd.pk), nd.i(nd.fk or ""))
         ) as cp:
             for row in ((a, b), (b, None), (s, s)):  # a's parent comes later; s references itself
                 cp.write_row(row)
-    pus = {k: _u(h.key_shadow(conn, p, k)) for k in keys}
+    pus = {k: _u(key_shadow(conn, p, k)) for k in keys}
     assert len(set(pus.values())) == len(keys)
     copied = conn.execute(
         sql.SQL("SELECT {}, {} FROM {} WHERE note = 'copied'").format(
@@ -392,17 +410,17 @@ def test_copy_fills_shadows_like_insert(live: Live) -> None:
     ).fetchall()
     assert len(copied) == len(keys)
     assert all(fks == (pus[fk] if fk is not None else None) for fk, fks in copied)
-    assert h.fk_shadow(conn, nd, a) == _u(h.key_shadow(conn, nd, b))
-    assert h.fk_shadow(conn, nd, s) == _u(h.key_shadow(conn, nd, s))
+    assert read_fk_shadow(conn, nd, a) == _u(key_shadow(conn, nd, b))
+    assert read_fk_shadow(conn, nd, s) == _u(key_shadow(conn, nd, s))
     live.check()
 
 
 def test_an_established_key_uuid_cannot_be_changed(live: Live) -> None:
     conn, n = live.conn, live.n
     p = n.parent
-    parent = h.insert(conn, p)
-    kid = h.insert(conn, n.child, fk=parent)
-    pu = _u(h.key_shadow(conn, p, parent))
+    parent = insert(conn, p)
+    kid = insert(conn, n.child, fk=parent)
+    pu = _u(key_shadow(conn, p, parent))
     set_shadow = sql.SQL("UPDATE {} SET {} = %s, note = %s WHERE {} = %s").format(
         p.ident, p.i(p.pk_shadow), p.i(p.pk)
     )
@@ -413,43 +431,43 @@ def test_an_established_key_uuid_cannot_be_changed(live: Live) -> None:
         (parent,),
     ).fetchone()
     assert row == (pu, "to another")  # the rest of the UPDATE applies, the UUID stays
-    assert h.fk_shadow(conn, n.child, kid) == pu
+    assert read_fk_shadow(conn, n.child, kid) == pu
     # A row from before start has none yet: giving it one is allowed (that is what the backfill does).
     old = conn.execute(
         sql.SQL("SELECT max({}) FROM {} WHERE note = 'reserved'").format(p.i(p.pk), p.ident)
     ).fetchone()
-    assert old is not None and h.key_shadow(conn, p, old[0]) is None
+    assert old is not None and key_shadow(conn, p, old[0]) is None
     given = uuid.uuid4()
     conn.execute(set_shadow, (given, "reserved", old[0]))
-    assert h.key_shadow(conn, p, old[0]) == given
+    assert key_shadow(conn, p, old[0]) == given
     conn.execute(set_shadow, (uuid.uuid4(), "reserved", old[0]))
-    assert h.key_shadow(conn, p, old[0]) == given
+    assert key_shadow(conn, p, old[0]) == given
     live.check()
 
 
 def test_moving_a_child_to_another_parent_moves_its_shadow(live: Live) -> None:
     conn, n = live.conn, live.n
-    p1, p2 = h.insert(conn, n.parent), h.insert(conn, n.parent)
-    u2 = _u(h.key_shadow(conn, n.parent, p2))
+    p1, p2 = insert(conn, n.parent), insert(conn, n.parent)
+    u2 = _u(key_shadow(conn, n.parent, p2))
     for t in (n.child, n.dchild):
-        kid = h.insert(conn, t, fk=p1)
+        kid = insert(conn, t, fk=p1)
         conn.execute(
             sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(t.ident, t.i(t.fk or ""), t.i(t.pk)),
             (p2, kid),
         )
-        assert h.shadows(conn, t, kid)[1:] == (p2, u2)
+        assert shadows(conn, t, kid)[1:] == (p2, u2)
         conn.execute(
             sql.SQL("UPDATE {} SET {} = 1 WHERE {} = %s").format(t.ident, t.i(t.fk or ""), t.i(t.pk)), (kid,)
         )
-        assert h.shadows(conn, t, kid)[1:] == (1, None)  # parent 1 predates start: no UUID yet
+        assert shadows(conn, t, kid)[1:] == (1, None)  # parent 1 predates start: no UUID yet
     nd = n.node
-    a, b = h.insert(conn, nd), h.insert(conn, nd)
-    leaf = h.insert(conn, nd, fk=a)
+    a, b = insert(conn, nd), insert(conn, nd)
+    leaf = insert(conn, nd, fk=a)
     conn.execute(
         sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(nd.ident, nd.i(nd.fk or ""), nd.i(nd.pk)),
         (b, leaf),
     )
-    assert h.fk_shadow(conn, nd, leaf) == _u(h.key_shadow(conn, nd, b))
+    assert read_fk_shadow(conn, nd, leaf) == _u(key_shadow(conn, nd, b))
     live.check()
 
 
@@ -457,8 +475,8 @@ def test_upsert_keeps_the_key_uuid_and_moves_the_child(live: Live) -> None:
     """INSERT ... ON CONFLICT DO UPDATE, as ORMs write: the update path follows the same rules."""
     conn, n = live.conn, live.n
     p, c = n.parent, n.child
-    p1, p2 = h.insert(conn, p), h.insert(conn, p)
-    u1, u2 = _u(h.key_shadow(conn, p, p1)), _u(h.key_shadow(conn, p, p2))
+    p1, p2 = insert(conn, p), insert(conn, p)
+    u1, u2 = _u(key_shadow(conn, p, p1)), _u(key_shadow(conn, p, p2))
     conn.execute(
         sql.SQL(
             "INSERT INTO {} ({}, note) VALUES (%s, 'upserted') "
@@ -466,34 +484,34 @@ def test_upsert_keeps_the_key_uuid_and_moves_the_child(live: Live) -> None:
         ).format(p.ident, p.i(p.pk), p.i(p.pk)),
         (p1,),
     )
-    assert h.key_shadow(conn, p, p1) == u1
-    kid = h.insert(conn, c, fk=p1)
+    assert key_shadow(conn, p, p1) == u1
+    kid = insert(conn, c, fk=p1)
     upsert_child = sql.SQL(
         "INSERT INTO {} ({}, {}) VALUES (%s, %s) ON CONFLICT ({}) DO UPDATE SET {} = excluded.{}"
     ).format(c.ident, c.i(c.pk), c.i(c.fk or ""), c.i(c.pk), c.i(c.fk or ""), c.i(c.fk or ""))
     conn.execute(upsert_child, (kid, p2))
-    assert h.shadows(conn, c, kid)[1:] == (p2, u2)
+    assert shadows(conn, c, kid)[1:] == (p2, u2)
     conn.execute(upsert_child, (kid, None))
-    assert h.shadows(conn, c, kid)[1:] == (None, None)
+    assert shadows(conn, c, kid)[1:] == (None, None)
     live.check()
 
 
 def test_everything_written_during_and_after_start_is_consistent_after_a_live_backfill(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
-    with h.writing(dsn, h.app_workload(names)) as w:
-        h.wait_for(lambda: w.calls > 5, what="the writer")
+    create_schema(conn, names)
+    with app_writing(dsn, app_workload(names)) as w:
+        wait_for(lambda: w.calls > 5, what="the writer")
         api.start(dsn, names.table_args(), settings=NO_BACKFILL)
         # parent 1 predates start: no UUID yet ('reserved': the writer leaves this child alone)
-        old_kid = h.insert(conn, names.child, fk=1, note="reserved")
-        assert h.fk_shadow(conn, names.child, old_kid) is None
-        h.wait_for(lambda: w.calls > 60, what="more writes")
+        old_kid = insert(conn, names.child, fk=1, note="reserved")
+        assert read_fk_shadow(conn, names.child, old_kid) is None
+        wait_for(lambda: w.calls > 60, what="more writes")
         api.backfill(dsn)  # the application keeps writing meanwhile
-        h.wait_for(lambda: w.calls > 120, what="writes after the backfill")
+        wait_for(lambda: w.calls > 120, what="writes after the backfill")
     assert w.errors == []
-    assert h.fk_shadow(conn, names.child, old_kid) == _u(h.key_shadow(conn, names.parent, 1))
-    assert h.dual_write_problems(conn, names) == []
+    assert read_fk_shadow(conn, names.child, old_kid) == _u(key_shadow(conn, names.parent, 1))
+    assert dual_write_problems(conn, names) == []
     assert api.verify(dsn).ok
 
 
@@ -521,9 +539,9 @@ def test_same_table_names_in_two_schemas(dsn: str, conn: psycopg.Connection) -> 
 
 
 def test_blocked_start_gives_up_with_exit_3_naming_the_blocker_without_stalling_writers(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
+    create_schema(conn, names)
     c = names.child
     lock_timeout_ms = 300
     blocker = psycopg.connect(dsn, application_name="nightly report")
@@ -532,14 +550,14 @@ def test_blocked_start_gives_up_with_exit_3_naming_the_blocker_without_stalling_
         blocker_pid = blocker.info.backend_pid
 
         def quick(wc: psycopg.Connection, _rng: Any) -> None:
-            k = h.insert(wc, c, fk=1, note="quick")
+            k = insert(wc, c, fk=1, note="quick")
             wc.execute(
                 sql.SQL("SELECT note FROM {} WHERE {} = %s").format(c.ident, c.i(c.pk)), (k,)
             ).fetchone()
 
-        with h.writing(dsn, quick, name="latency probe", pause_s=0.005) as probe:
+        with app_writing(dsn, quick, name="latency probe", pause_s=0.005) as probe:
             t0 = time.monotonic()
-            done = h.run_cli(
+            done = run_cli(
                 "start",
                 "--no-backfill",
                 "--dsn",
@@ -554,7 +572,7 @@ def test_blocked_start_gives_up_with_exit_3_naming_the_blocker_without_stalling_
             )
             t1 = time.monotonic()
         assert done.returncode == 3, done.stderr
-        [line] = h.error_lines(done.stderr)
+        [line] = error_lines(done.stderr)
         assert f"pid {blocker_pid}" in line and "nightly report" in line, line
         assert c.name in line
         # The application's statements on that table waited at most one lock_timeout each.
@@ -570,19 +588,19 @@ def test_blocked_start_gives_up_with_exit_3_naming_the_blocker_without_stalling_
         # Nothing was changed on the blocked table; the steps before it stay done.
         assert c.pk_shadow not in _columns(conn, c)
         mid = api.status(dsn)["migration"]
-        assert h.phase_of(conn, mid) == "expanding"
-        assert f"start:key:{c.schema}.{c.name}.{c.pk}" not in h.steps_done(conn, mid)
+        assert phase_of(conn, mid) == "expanding"
+        assert f"start:key:{c.schema}.{c.name}.{c.pk}" not in steps_done(conn, mid)
     finally:
         blocker.close()
     # Once the blocker is gone, the same command finishes the job.
-    again = h.invoke_cli("start", "--no-backfill", "--dsn", dsn, *_targs(names))
+    again = invoke_cli("start", "--no-backfill", "--dsn", dsn, *_targs(names))
     assert again.returncode == 0, again.stderr
-    assert h.phase_of(conn, mid) == "expanded"
-    k = h.insert(conn, c, fk=h.insert(conn, names.parent))
-    assert h.fk_shadow(conn, c, k) is not None
+    assert phase_of(conn, mid) == "expanded"
+    k = insert(conn, c, fk=insert(conn, names.parent))
+    assert read_fk_shadow(conn, c, k) is not None
 
 
-def _targs(n: h.Names) -> list[str]:
+def _targs(n: Names) -> list[str]:
     out: list[str] = []
     for t in n.table_args():
         out += ["--table", t]
@@ -609,23 +627,23 @@ def _targs(n: h.Names) -> list[str]:
     indirect=["names"],
 )
 def test_rollback_restores_the_schema_byte_for_byte(
-    dsn: str, conn: psycopg.Connection, names: h.Names, pg_bin: Path, backfilled: bool, source: str
+    dsn: str, conn: psycopg.Connection, names: Names, pg_bin: Path, backfilled: bool, source: str
 ) -> None:
-    h.create_schema(conn, names)
-    before = h.schema_dump(pg_bin, dsn)
-    touched: h.Touched = []
-    with h.writing(dsn, h.app_workload(names, touched)) as w:
-        h.wait_for(lambda: w.calls > 5, what="the writer")
+    create_schema(conn, names)
+    before = schema_dump(pg_bin, dsn)
+    touched: Touched = []
+    with app_writing(dsn, app_workload(names, touched)) as w:
+        wait_for(lambda: w.calls > 5, what="the writer")
         api.start(dsn, names.table_args(), settings=StartSettings(backfill=backfilled, uuid_source=source))
-        h.wait_for(lambda: len(touched) > 20, what="writes after start")
-        assert h.schema_dump(pg_bin, dsn) != before
+        wait_for(lambda: len(touched) > 20, what="writes after start")
+        assert schema_dump(pg_bin, dsn) != before
         # A new process, knowing only the DSN, finds the migration and undoes it.
-        done = h.run_cli("rollback", "--dsn", dsn)
+        done = run_cli("rollback", "--dsn", dsn)
         time.sleep(0.2)
     assert done.returncode == 0, done.stderr
     assert "rolled back" in done.stdout
     assert w.errors == []
-    assert h.schema_dump(pg_bin, dsn) == before
+    assert schema_dump(pg_bin, dsn) == before
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'online_uuid'").fetchone() == (0,)
     # The application's rows, written through it all, are still there with their integer keys.
     last = max(k for _, role, k, _new in touched if role == "parent")
@@ -640,80 +658,80 @@ def test_rollback_restores_the_schema_byte_for_byte(
 def test_rollback_of_a_v7_migration_drops_the_generator_too(
     dsn: str, conn: psycopg.Connection, pg_bin: Path
 ) -> None:
-    n = h.PUBLIC
-    h.create_schema(conn, n)
-    before = h.schema_dump(pg_bin, dsn)
-    done = h.run_cli("start", "--no-backfill", "--uuid", "v7", "--dsn", dsn, *_targs(n))
+    n = PUBLIC
+    create_schema(conn, n)
+    before = schema_dump(pg_bin, dsn)
+    done = run_cli("start", "--no-backfill", "--uuid", "v7", "--dsn", dsn, *_targs(n))
     assert done.returncode == 0, done.stderr
-    a, b = h.insert(conn, n.parent), h.insert(conn, n.parent)
-    ua, ub = _u(h.key_shadow(conn, n.parent, a)), _u(h.key_shadow(conn, n.parent, b))
+    a, b = insert(conn, n.parent), insert(conn, n.parent)
+    ua, ub = _u(key_shadow(conn, n.parent, a)), _u(key_shadow(conn, n.parent, b))
     assert ua.version == 7 and ub.version == 7
     assert ua.bytes[:6] <= ub.bytes[:6]  # time-ordered
-    done = h.run_cli("rollback", "--dsn", dsn)
+    done = run_cli("rollback", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
-    assert h.schema_dump(pg_bin, dsn) == before
+    assert schema_dump(pg_bin, dsn) == before
 
 
 # --- state in the database ---------------------------------------------------------------------
 
 
 def test_a_new_process_sees_the_migration_with_only_the_dsn(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
     import json
 
-    h.create_schema(conn, names)
+    create_schema(conn, names)
     mid = api.start(dsn, names.table_args(), settings=NO_BACKFILL)
-    done = h.run_cli("status", "--json", "--dsn", dsn)
+    done = run_cli("status", "--json", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert (doc["migration"], doc["phase"]) == (mid, "expanded")
     assert doc["last_error"] is None
-    human = h.run_cli("status", "--dsn", dsn)
+    human = run_cli("status", "--dsn", dsn)
     assert f"migration {mid}: phase expanded" in human.stdout
 
 
 def test_rerunning_start_resumes_and_changes_nothing(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
+    create_schema(conn, names)
     mid = api.start(dsn, names.table_args(), settings=NO_BACKFILL)
-    before = (h.catalog_snapshot(conn), h.state_snapshot(conn))
+    before = (catalog_snapshot(conn), state_snapshot(conn))
     reordered = names.table_args()[::-1]
-    done = h.invoke_cli("start", "--no-backfill", "--dsn", dsn, *[a for t in reordered for a in ("-t", t)])
+    done = invoke_cli("start", "--no-backfill", "--dsn", dsn, *[a for t in reordered for a in ("-t", t)])
     assert done.returncode == 0, done.stderr
     assert f"migration {mid}: expanded" in done.stdout
-    assert (h.catalog_snapshot(conn), h.state_snapshot(conn)) == before
+    assert (catalog_snapshot(conn), state_snapshot(conn)) == before
 
 
 def test_start_refuses_tables_of_another_unfinished_migration(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
+    create_schema(conn, names)
     mid = api.start(dsn, [names.parent.qualified], settings=NO_BACKFILL)
-    state_before = h.state_snapshot(conn)
+    state_before = state_snapshot(conn)
     # Same table, another migration name.
-    other = h.invoke_cli(
+    other = invoke_cli(
         "start", "--no-backfill", "--migration", "other", "--dsn", dsn, "--table", names.parent.qualified
     )
     assert other.returncode == 2, other.stderr
-    [line] = h.error_lines(other.stderr)
+    [line] = error_lines(other.stderr)
     assert f"unfinished migration {mid!r}" in line
     # A table whose FK the first migration converts (its key is not converted there).
-    overlap = h.invoke_cli("start", "--no-backfill", "--dsn", dsn, "--table", names.child.qualified)
+    overlap = invoke_cli("start", "--no-backfill", "--dsn", dsn, "--table", names.child.qualified)
     assert overlap.returncode == 2, overlap.stderr
-    [line] = h.error_lines(overlap.stderr)
+    [line] = error_lines(overlap.stderr)
     assert f"is in migration {mid!r}" in line and names.child.name in line
-    assert h.state_snapshot(conn) == state_before
+    assert state_snapshot(conn) == state_before
 
 
 def test_start_with_more_tables_than_the_unfinished_migration_is_not_silently_resumed(
     dsn: str, conn: psycopg.Connection
 ) -> None:
-    n = h.PUBLIC
-    h.create_schema(conn, n)
+    n = PUBLIC
+    create_schema(conn, n)
     api.start(dsn, [n.parent.qualified], settings=NO_BACKFILL)
-    done = h.invoke_cli(
+    done = invoke_cli(
         "start", "--no-backfill", "--dsn", dsn, "--table", n.parent.qualified, "--table", n.node.qualified
     )
     converted = n.node.pk_shadow in _columns(conn, n.node)
@@ -723,14 +741,14 @@ def test_start_with_more_tables_than_the_unfinished_migration_is_not_silently_re
 # (a refused run waits 5 s for the lock first, in case its holder was just killed: public only with -m slow)
 @pytest.mark.parametrize("names", [pytest.param("public", marks=pytest.mark.slow), "quoted"], indirect=True)
 def test_a_second_concurrent_start_is_refused_naming_the_first(
-    dsn: str, conn: psycopg.Connection, names: h.Names
+    dsn: str, conn: psycopg.Connection, names: Names
 ) -> None:
-    h.create_schema(conn, names)
+    create_schema(conn, names)
     blocker = psycopg.connect(dsn, application_name="long tx")
     first = None
     try:
         blocker.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(names.child.ident))
-        first = h.spawn_cli(
+        first = spawn_cli(
             "start",
             "--no-backfill",
             "--dsn",
@@ -744,21 +762,17 @@ def test_a_second_concurrent_start_is_refused_naming_the_first(
             "120",
         )
         # The first run is inside the expansion, holding the migration, waiting for the blocker.
-        h.wait_for(
-            lambda: h.waiting_on_lock(conn, "online-uuid/"), what="the first start to wait for its lock"
-        )
-        [(pid, app, _)] = h.backends(conn, "online-uuid/")
+        wait_for(lambda: waiting_on_lock(conn, "online-uuid/"), what="the first start to wait for its lock")
+        [(pid, app, _)] = backends(conn, "online-uuid/")
         mid = api.status(dsn)["migration"]
         assert api.status(dsn)["phase"] == "expanding"  # status needs no lock: it answers meanwhile
         reordered = names.table_args()[::-1]
-        second = h.spawn_cli(
-            "start", "--no-backfill", "--dsn", dsn, *[a for t in reordered for a in ("-t", t)]
-        )
-        rollback = h.spawn_cli("rollback", "--dsn", dsn)
+        second = spawn_cli("start", "--no-backfill", "--dsn", dsn, *[a for t in reordered for a in ("-t", t)])
+        rollback = spawn_cli("rollback", "--dsn", dsn)
         _, second_err = second.communicate(timeout=60)
         _, rollback_err = rollback.communicate(timeout=60)
         assert second.returncode == 2, second_err
-        [line] = h.error_lines(second_err)
+        [line] = error_lines(second_err)
         assert f"another online-uuid run is working on migration {mid}" in line
         assert f"pid {pid}" in line and app in line, line
         # Rolling back under the running start is refused the same way.
@@ -767,28 +781,28 @@ def test_a_second_concurrent_start_is_refused_naming_the_first(
         blocker.rollback()
         _, err = first.communicate(timeout=60)
         assert first.returncode == 0, err
-        assert h.phase_of(conn, mid) == "expanded"
+        assert phase_of(conn, mid) == "expanded"
     finally:
         blocker.close()
         if first is not None and first.poll() is None:
-            h.kill9(first)
+            kill9(first)
 
 
 def test_a_start_racing_another_for_the_state_schema_waits_for_it(dsn: str, conn: psycopg.Connection) -> None:
     """The first start of a database creates schema online_uuid; a second one must not trip over it."""
-    n = h.PUBLIC
-    h.create_schema(conn, n)
+    n = PUBLIC
+    create_schema(conn, n)
     first = psycopg.connect(dsn)  # a transaction: the first run, in the middle of creating the schema
     try:
         state.ensure_schema(first)
-        second = h.spawn_cli("start", "--no-backfill", "--dsn", dsn, *_targs(n))
-        h.wait_for(lambda: h.waiting_on_lock(conn, "online-uuid/"), what="the second start to wait")
+        second = spawn_cli("start", "--no-backfill", "--dsn", dsn, *_targs(n))
+        wait_for(lambda: waiting_on_lock(conn, "online-uuid/"), what="the second start to wait")
         first.commit()
         _, err = second.communicate(timeout=60)
     finally:
         first.close()
     assert second.returncode == 0, err
-    assert h.phase_of(conn, "node") == "expanded"
+    assert phase_of(conn, "node") == "expanded"
 
 
 def test_a_writer_that_cannot_read_the_parent_gets_a_definer_trigger(

@@ -26,14 +26,26 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import helpers as h
 from online_uuid import api, state
 from online_uuid.phases.start import start_steps
+from support.cli import kill9, run_cli, spawn_cli
+from support.schema import (
+    PUBLIC,
+    VARIANTS,
+    Names,
+    create_schema,
+    fk_shadow,
+    fresh_database,
+    insert,
+    key_shadow,
+)
+from support.sessions import backends, end_backends, wait_for, waiting_on_lock
+from support.snapshots import catalog_snapshot, phase_of, schema_dump, state_snapshot, steps_done
 
 APP = "online-uuid/"  # application_name prefix of every online-uuid session
 
 
-def _start_argv(dsn: str, n: h.Names, lock_timeout_ms: int = 200, source: str = "random") -> list[str]:
+def _start_argv(dsn: str, n: Names, lock_timeout_ms: int = 200, source: str = "random") -> list[str]:
     tables = [a for t in n.table_args() for a in ("--table", t)]
     # Retry "forever" so that a run stopped at a lock stays there until killed.
     return [
@@ -105,12 +117,12 @@ def _waiting_after(n_steps: int, query_has: str) -> Callable[[psycopg.Connection
     """The run waits in a statement containing `query_has`, with exactly `n_steps` steps done."""
 
     def reached(conn: psycopg.Connection, mid: str) -> bool:
-        return h.waiting_on_lock(conn, APP, query_has) and len(h.steps_done(conn, mid)) == n_steps
+        return waiting_on_lock(conn, APP, query_has) and len(steps_done(conn, mid)) == n_steps
 
     return reached
 
 
-def crash_points(dsn: str, n: h.Names, source: str = "random") -> tuple[str, list[Point]]:
+def crash_points(dsn: str, n: Names, source: str = "random") -> tuple[str, list[Point]]:
     """(migration id, every point a run can be killed at), in the order a run passes them.
 
     Derived mode starts with a step that locks no table (the derive functions): it is killed inside.
@@ -132,7 +144,7 @@ def crash_points(dsn: str, n: h.Names, source: str = "random") -> tuple[str, lis
         Point(
             "creating the migration",
             _hold_create,
-            lambda c, _m: h.waiting_on_lock(c, APP, 'INSERT INTO "online_uuid"."migrations"'),
+            lambda c, _m: waiting_on_lock(c, APP, 'INSERT INTO "online_uuid"."migrations"'),
         ),
         *inside[:first],
         Point(
@@ -153,22 +165,22 @@ def crash_points(dsn: str, n: h.Names, source: str = "random") -> tuple[str, lis
 
 
 def kill_at(
-    dsn: str, conn: psycopg.Connection, n: h.Names, mid: str, point: Point, source: str = "random"
+    dsn: str, conn: psycopg.Connection, n: Names, mid: str, point: Point, source: str = "random"
 ) -> None:
     """Run start, let it reach `point`, SIGKILL it, and clean up as the server would."""
     blocker = point.hold(dsn, mid)
     try:
-        proc = h.spawn_cli(*_start_argv(dsn, n, source=source))
+        proc = spawn_cli(*_start_argv(dsn, n, source=source))
         try:
-            h.wait_for(
+            wait_for(
                 lambda: point.reached(conn, mid) or proc.poll() is not None,
                 timeout=60,
                 what=f"start to reach: {point.name}",
             )
             assert proc.poll() is None, f"start ended before {point.name}: {proc.communicate()}"
         finally:
-            h.kill9(proc)
-        h.end_backends(conn, APP)
+            kill9(proc)
+        end_backends(conn, APP)
     finally:
         blocker.rollback()
         blocker.close()
@@ -185,20 +197,20 @@ def end_state(conn: psycopg.Connection, pg_bin: Path, dsn: str) -> dict[str, Any
 
     catalog = {
         k: [tuple(mask(v) if isinstance(v, str) else v for v in row) for row in rows]
-        for k, rows in h.catalog_snapshot(conn).items()
+        for k, rows in catalog_snapshot(conn).items()
     }
-    return {"dump": mask(h.schema_dump(pg_bin, dsn)), "catalog": catalog, "state": h.state_snapshot(conn)}
+    return {"dump": mask(schema_dump(pg_bin, dsn)), "catalog": catalog, "state": state_snapshot(conn)}
 
 
 @contextmanager
-def reference(pg_server: Any, n: h.Names, pg_bin: Path, source: str = "random") -> Iterator[dict[str, Any]]:
+def reference(pg_server: Any, n: Names, pg_bin: Path, source: str = "random") -> Iterator[dict[str, Any]]:
     """The end state of one uninterrupted run on an identical database."""
     with (
-        h.fresh_database(pg_server.dsn, pg_server.dsn_for) as ref_dsn,
+        fresh_database(pg_server.dsn, pg_server.dsn_for) as ref_dsn,
         psycopg.connect(ref_dsn, autocommit=True) as ref,
     ):
-        h.create_schema(ref, n)
-        done = h.run_cli(*_start_argv(ref_dsn, n, source=source))
+        create_schema(ref, n)
+        done = run_cli(*_start_argv(ref_dsn, n, source=source))
         assert done.returncode == 0, done.stderr
         yield end_state(ref, pg_bin, ref_dsn)
 
@@ -209,16 +221,16 @@ def assert_same_end(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["dump"] == want["dump"]
 
 
-def assert_dual_writes(conn: psycopg.Connection, n: h.Names) -> None:
+def assert_dual_writes(conn: psycopg.Connection, n: Names) -> None:
     """The rerun's triggers work: a new parent and its children get the right UUIDs."""
-    p = h.insert(conn, n.parent)
-    kids = {t: h.insert(conn, t, fk=p) for t in (n.child, n.dchild)}
-    pu = h.key_shadow(conn, n.parent, p)
+    p = insert(conn, n.parent)
+    kids = {t: insert(conn, t, fk=p) for t in (n.child, n.dchild)}
+    pu = key_shadow(conn, n.parent, p)
     assert pu is not None
-    assert all(h.fk_shadow(conn, t, k) == pu for t, k in kids.items())
-    top = h.insert(conn, n.node)
-    leaf = h.insert(conn, n.node, fk=top)
-    assert h.fk_shadow(conn, n.node, leaf) == h.key_shadow(conn, n.node, top) is not None
+    assert all(fk_shadow(conn, t, k) == pu for t, k in kids.items())
+    top = insert(conn, n.node)
+    leaf = insert(conn, n.node, fk=top)
+    assert fk_shadow(conn, n.node, leaf) == key_shadow(conn, n.node, top) is not None
 
 
 # The quoted variant by default (every name needs quoting, and it passes the same points);
@@ -229,22 +241,22 @@ def test_killed_at_every_point_then_rerun_ends_like_an_uninterrupted_run(
     dsn: str, conn: psycopg.Connection, pg_server: Any, pg_bin: Path, variant: str, source: str
 ) -> None:
     """One database, one run killed at each point in turn (each rerun resumes, then is killed at the next)."""
-    n = h.VARIANTS[variant]
-    h.create_schema(conn, n)
+    n = VARIANTS[variant]
+    create_schema(conn, n)
     mid, points = crash_points(dsn, n, source)
     state.ensure_schema(conn)  # (a first run killed right after creating the state schema)
     seen: list[list[str]] = []
     for point in points:
         kill_at(dsn, conn, n, mid, point, source)
-        seen.append(h.steps_done(conn, mid) if h.phase_of(conn, mid) else [])
-        assert h.phase_of(conn, mid) in (None, "expanding"), point.name
+        seen.append(steps_done(conn, mid) if phase_of(conn, mid) else [])
+        assert phase_of(conn, mid) in (None, "expanding"), point.name
     # Each kill left exactly the steps before it done, no more and no fewer.
     assert [len(s) for s in seen] == [0, 0, *range(1, len(points) - 1)]
-    done = h.run_cli(*_start_argv(dsn, n, source=source))
+    done = run_cli(*_start_argv(dsn, n, source=source))
     assert done.returncode == 0, done.stderr
     with reference(pg_server, n, pg_bin, source) as want:
         assert_same_end(end_state(conn, pg_bin, dsn), want)
-    assert h.phase_of(conn, mid) == "expanded"
+    assert phase_of(conn, mid) == "expanded"
     assert_dual_writes(conn, n)
 
 
@@ -258,15 +270,15 @@ def test_killed_once_then_rerun_ends_like_an_uninterrupted_run(
     dsn: str, conn: psycopg.Connection, pg_server: Any, pg_bin: Path, at: int
 ) -> None:
     """Each point on its own: a single kill there, a single rerun."""
-    n = h.PUBLIC
-    h.create_schema(conn, n)
+    n = PUBLIC
+    create_schema(conn, n)
     mid, points = crash_points(dsn, n)
     assert len(points) == len(_point_ids())
     state.ensure_schema(conn)
     if at >= 2:  # the migration must exist for the later points: a run killed before step 1 made it
         kill_at(dsn, conn, n, mid, points[1])
     kill_at(dsn, conn, n, mid, points[at])
-    done = h.run_cli(*_start_argv(dsn, n))
+    done = run_cli(*_start_argv(dsn, n))
     assert done.returncode == 0, done.stderr
     with reference(pg_server, n, pg_bin) as want:
         assert_same_end(end_state(conn, pg_bin, dsn), want)
@@ -277,21 +289,21 @@ def test_rerun_right_after_a_kill_waits_for_the_dead_runs_session(
     dsn: str, conn: psycopg.Connection, pg_server: Any, pg_bin: Path
 ) -> None:
     """No cleanup by hand: the killed run's session lingers until its lock wait ends, the rerun waits."""
-    n = h.PUBLIC
-    h.create_schema(conn, n)
+    n = PUBLIC
+    create_schema(conn, n)
     mid, points = crash_points(dsn, n)
     blocker = points[1].hold(dsn, mid)  # a long transaction on step 1's table
     try:
-        proc = h.spawn_cli(*_start_argv(dsn, n, lock_timeout_ms=3000))
+        proc = spawn_cli(*_start_argv(dsn, n, lock_timeout_ms=3000))
         try:
-            h.wait_for(lambda: points[1].reached(conn, mid), timeout=60, what="start to wait for step 1")
+            wait_for(lambda: points[1].reached(conn, mid), timeout=60, what="start to wait for step 1")
         finally:
-            h.kill9(proc)
-        assert h.backends(conn, APP), "the killed run's session should still be there"
+            kill9(proc)
+        assert backends(conn, APP), "the killed run's session should still be there"
     finally:
         blocker.rollback()
         blocker.close()
-    done = h.run_cli(*_start_argv(dsn, n))
+    done = run_cli(*_start_argv(dsn, n))
     assert done.returncode == 0, done.stderr
     with reference(pg_server, n, pg_bin) as want:
         assert_same_end(end_state(conn, pg_bin, dsn), want)
