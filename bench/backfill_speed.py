@@ -111,11 +111,11 @@ def main() -> None:
     parents = common.scaled(PARENTS, args.scale, 10_000)
     children = common.scaled(CHILDREN, args.scale, 20_000)
     t_start = time.monotonic()
-    name = "backfill_speed" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
-    name += "_durable" if args.durable else ""
+    result_name = "backfill_speed" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
+    result_name += "_durable" if args.durable else ""
     with common.bench_cluster(DURABLE if args.durable else None) as cluster:
         doc: dict[str, Any] = {
-            "bench": name,
+            "bench": result_name,
             "scale": args.scale,
             "uuid_source": args.uuid_source,
             "durable": args.durable,
@@ -212,7 +212,7 @@ def main() -> None:
             "wall_s": round(time.monotonic() - t_start, 1),
         }
     )
-    path = common.write_results(name, doc, args.out)
+    path = common.write_results(result_name, doc, args.out)
     for name, v in size_table.items():
         print(
             f"  size {name:18s} parent {common.fmt_bytes(v['before_bytes']['parent'])} -> "

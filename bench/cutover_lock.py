@@ -255,8 +255,8 @@ def main() -> None:
             ("--durable", {"action": "store_true", "help": "fsync, synchronous_commit, full_page_writes on"}),
         ],
     )
-    name = "cutover_lock" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
-    name += "_durable" if args.durable else ""
+    result_name = "cutover_lock" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
+    result_name += "_durable" if args.durable else ""
     timeline = StepTimeline()
     timeline.install()
     big = max(100_000, int(BIG * args.scale))
@@ -266,7 +266,7 @@ def main() -> None:
     t_start = time.monotonic()
     with common.bench_cluster(DURABLE if args.durable else None) as cluster:
         doc: dict[str, Any] = {
-            "bench": name,
+            "bench": result_name,
             "scale": args.scale,
             "uuid_source": args.uuid_source,
             "durable": args.durable,
@@ -362,7 +362,7 @@ def main() -> None:
             "wall_s": round(time.monotonic() - t_start, 1),
         }
     )
-    path = common.write_results(name, doc, args.out)
+    path = common.write_results(result_name, doc, args.out)
     print(
         f"held small (median) {small_median:.2f} ms, big {held_big:.2f} ms, ratio {ratio:.2f} "
         f"-> {targets['held_flat']['verdict']}; max held {max_held:.2f} ms -> "
