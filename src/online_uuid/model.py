@@ -80,6 +80,11 @@ class KeyConversion:
     def key(self) -> str:
         return f"{self.table.schema}.{self.table.name}.{self.column}"
 
+    @property
+    def app_assigned(self) -> bool:
+        """No default and no identity: the application assigns the ids itself (snowflake, Hibernate)."""
+        return not self.identity and self.default is None
+
 
 @dataclass(frozen=True)
 class ForeignKeyConversion:

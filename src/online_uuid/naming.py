@@ -92,6 +92,13 @@ def derive_function(table: TableRef, column: str) -> str:
     return fit(f"{table.schema}_ou_{table.name}_{column}_derive", salt=salt)
 
 
+def retired_sequence(table: TableRef, column: str) -> str:
+    """Sequence (in the state schema) that numbers the retired column of an application-assigned key
+    while the migration is cut over, so rows the application inserts then still get an integer."""
+    salt = f"{table.schema}.{table.name}.{column}"
+    return fit(f"{table.schema}_ou_{table.name}_{column}_int_seq", salt=salt)
+
+
 def unique_index(table: TableRef, column: str) -> str:
     """Unique index on a key's shadow column, built concurrently; becomes the primary key."""
     return _object(table, column, "uq")

@@ -23,7 +23,7 @@ from .model import (
     TableRef,
     Warning_,
 )
-from .naming import retired_column, shadow_column, twin_index
+from .naming import STATE_SCHEMA, retired_column, shadow_column, twin_index
 from .settings import effective_uuid_source
 
 SUPPORTED_INDEX_METHODS = {"btree", "hash"}
@@ -511,6 +511,20 @@ def _adopt(conn: psycopg.Connection, keys: list[KeyConversion], spec: str) -> li
     return [replace(x, adopt=column) if x is k else x for x in keys]
 
 
+def assigned_key_warnings(keys: Sequence[KeyConversion]) -> list[Warning_]:
+    """Keys with no default: say how the retired column stays filled while cut over."""
+    return [
+        Warning_(
+            f"{k.table}.{k.column}",
+            f"has no default (the application assigns its ids): while cut over, {k.retired} is numbered by "
+            f"sequence {STATE_SCHEMA}.{naming.retired_sequence(k.table, k.column)} from above the highest id "
+            "(dropped at finalize); after a rollback, the application's own ids must continue above those",
+        )
+        for k in keys
+        if k.app_assigned
+    ]
+
+
 def trigger_order_warnings(
     conn: psycopg.Connection, keys: list[KeyConversion], fks: list[ForeignKeyConversion]
 ) -> list[Warning_]:
@@ -578,6 +592,7 @@ def build_plan(
     b.function_warnings()
     b.matview_warnings()
     b.warnings += trigger_order_warnings(conn, b.keys, b.fks)
+    b.warnings += assigned_key_warnings(b.keys)
     server = conn.info.server_version
     fired = [
         FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)

@@ -286,6 +286,44 @@ def build_derive_function(k: KeyConversion, secret: bytes | None) -> sql.Compose
     )
 
 
+def retired_sequence(k: KeyConversion) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, naming.retired_sequence(k.table, k.column))
+
+
+def build_retired_sequence(k: KeyConversion) -> list[sql.Composed]:
+    """For an application-assigned key: the sequence the retired column takes its default from."""
+    seq = retired_sequence(k)
+    return [
+        sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS {}").format(seq, sql.SQL(k.type)),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO PUBLIC").format(seq),
+    ]
+
+
+def build_retired_default(k: KeyConversion, column: str) -> list[sql.Composed]:
+    """In the swap: number new rows above every id so far (one index probe for max), as a default."""
+    seq = sql.Literal(retired_sequence(k).as_string(None))
+    col = sql.Identifier(column)
+    return [
+        sql.SQL(
+            "SELECT pg_catalog.setval({s}, GREATEST((SELECT pg_catalog.max({c}) FROM {t}), 0) + 1, false)"
+        ).format(s=seq, c=col, t=k.table.ident),
+        sql.SQL(
+            "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT pg_catalog.nextval({}::pg_catalog.regclass)"
+        ).format(k.table.ident, col, seq),
+    ]
+
+
+def build_drop_retired_default(k: KeyConversion) -> sql.Composed:
+    """A revert gives the key back exactly as it was: no default."""
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+        k.table.ident, sql.Identifier(k.column)
+    )
+
+
+def build_drop_retired_sequence(k: KeyConversion) -> sql.Composed:
+    return sql.SQL("DROP SEQUENCE IF EXISTS {}").format(retired_sequence(k))
+
+
 def build_drop_derive_function(k: KeyConversion) -> sql.Composed:
     return sql.SQL("DROP FUNCTION IF EXISTS {}(bigint)").format(derive_fn(k.table, k.column))
 

@@ -66,6 +66,14 @@ def prepare_steps(plan: Plan, side: Side) -> list[Step]:
             steps += _not_null_steps(
                 p, k.table, s.col_on(k, side), naming.not_null_check(k.table, k.column), k.key
             )
+        if side == FORWARD and k.app_assigned:
+            steps.append(
+                Step(
+                    f"{p}:seq:{k.key}",
+                    tuple(s.build_retired_sequence(k)),
+                    description=f"sequence for {k.table}.{k.retired} (the application assigns its ids)",
+                )
+            )
     for f in plan.foreign_keys:
         if f.not_null:
             steps += _not_null_steps(
@@ -176,6 +184,12 @@ def swap_statements(
             st.append(s.build_set_not_null(f.table, s.col_on(f, out), on=False))
     for k in plan.keys:
         st.append(s.build_primary_key_using(k.table, k.constraint, naming.unique_index(k.table, k.column)))
+        if k.app_assigned:  # rows inserted while cut over still get an integer, so rollback keeps them
+            st += (
+                s.build_retired_default(k, k.retired)
+                if side == FORWARD
+                else [s.build_drop_retired_default(k)]
+            )
     for ix in plan.indexes:
         st.append(
             s.build_constraint_using(ix)

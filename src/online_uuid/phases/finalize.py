@@ -70,7 +70,10 @@ def finalize_steps(plan: Plan) -> list[Step]:
     steps += [
         Step(
             f"finalize:key:{k.key}",
-            (s.build_drop_column(k.table, k.retired),),
+            (
+                s.build_drop_column(k.table, k.retired),
+                *([s.build_drop_retired_sequence(k)] if k.app_assigned else []),
+            ),
             (k.table,),
             description=f"drop {k.table}.{k.retired}",
         )

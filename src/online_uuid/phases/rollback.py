@@ -38,6 +38,7 @@ def teardown_steps(plan: Plan) -> list[Step]:
             *s.build_drop_key_triggers(k),
             s.build_drop_constraint(k.table, naming.not_null_check(k.table, k.column), if_exists=True),
             s.build_drop_column(k.table, k.shadow),
+            *([s.build_drop_retired_sequence(k)] if k.app_assigned else []),
         ]
         steps.append(
             Step(f"rollback:key:{k.key}", tuple(stmts), (k.table,), description=f"drop shadow of {k.table}")
