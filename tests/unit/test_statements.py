@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from psycopg import sql
 
 from online_uuid import statements as s
@@ -12,7 +14,9 @@ from online_uuid.phases.start import start_steps
 
 PARENT = TableRef("App Data", "Order")
 CHILD = TableRef("public", "user")
-KEY = KeyConversion(PARENT, "ID", "bigint", shadow_column("ID"), retired_column("ID"), "Order_pkey")
+KEY = KeyConversion(
+    PARENT, "ID", "bigint", shadow_column("ID"), retired_column("ID"), "Order_pkey", identity="d"
+)
 FK = ForeignKeyConversion(
     "user_order_fk",
     CHILD,
@@ -78,6 +82,21 @@ def test_swap_renames_then_rebuilds_keys_under_original_names() -> None:
     assert (
         "SELECT" not in joined.split("CREATE OR REPLACE FUNCTION")[0]
     )  # nothing reads rows before the triggers
+
+
+def test_swap_numbers_an_application_assigned_key_with_one_index_probe() -> None:
+    """No default, no identity: the retired column gets a sequence default, set above max(id)."""
+    assigned = dataclasses.replace(KEY, identity="")
+    plan = dataclasses.replace(PLAN, keys=(assigned,))
+    body = [text(q) for q in swap_statements(plan, FORWARD, {})]
+    reads = [q for q in body if q.startswith("SELECT")]
+    assert reads == [
+        'SELECT pg_catalog.setval(\'"online_uuid"."App Data_ou_Order_ID_int_seq"\', GREATEST((SELECT '
+        'pg_catalog.max("ID_int") FROM "App Data"."Order"), 0) + 1, false)'
+    ]
+    assert body.index(reads[0]) > body.index('ALTER TABLE "App Data"."Order" RENAME COLUMN "ID" TO "ID_int"')
+    back = [text(q) for q in swap_statements(plan, REVERSE, {})]
+    assert 'ALTER TABLE "App Data"."Order" ALTER COLUMN "ID" DROP DEFAULT' in back
 
 
 def test_start_steps_add_keys_before_foreign_keys() -> None:
