@@ -54,19 +54,13 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         )
 
 
-def _secrets_exist(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_t("secrets").as_string(conn),)).fetchone()
-    return bool(row and row[0])
-
-
 def new_secret() -> bytes:
     """32 random bytes for a migration's derive functions."""
     return secrets.token_bytes(32)
 
 
 def read_secret(conn: psycopg.Connection, migration_id: str) -> bytes | None:
-    if not _secrets_exist(conn):
-        return None
+    """A derived-mode migration's secret (its start created the table: state schema version 2)."""
     row = conn.execute(
         sql.SQL("SELECT secret FROM {} WHERE migration_id = %s").format(_t("secrets")), (migration_id,)
     ).fetchone()
@@ -75,11 +69,10 @@ def read_secret(conn: psycopg.Connection, migration_id: str) -> bytes | None:
 
 def forget_secret(conn: psycopg.Connection, migration_id: str) -> None:
     """Finalize: the derive functions are gone, and so is the key they were made from."""
-    if _secrets_exist(conn):
-        conn.execute(
-            sql.SQL("UPDATE {} SET secret = NULL WHERE migration_id = %s").format(_t("secrets")),
-            (migration_id,),
-        )
+    conn.execute(
+        sql.SQL("UPDATE {} SET secret = NULL WHERE migration_id = %s").format(_t("secrets")),
+        (migration_id,),
+    )
 
 
 def check_version(conn: psycopg.Connection) -> int:

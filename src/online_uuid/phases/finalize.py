@@ -111,6 +111,7 @@ def run_finalize(conn: psycopg.Connection, mid: str, lock: LockSettings) -> None
                 "reads the retired integer columns: change or drop it, then run `online-uuid finalize` again"
             ) from exc
     executor.run_all(finalize_steps(m.plan))
-    state.forget_secret(conn, mid)
+    if m.plan.derived:
+        state.forget_secret(conn, mid)
     state.move(conn, mid, Phase.FINALIZING, Phase.FINALIZED)
     log.info("finalized", migration=mid)
