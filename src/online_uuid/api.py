@@ -21,6 +21,7 @@ from .model import Phase, Plan
 from .naming import application_name
 from .phases import cutover as cutover_phase
 from .phases import finalize as finalize_phase
+from .phases import invariant
 from .phases import rollback as rollback_phase
 from .phases import start as start_phase
 from .phases.verify import VerifyReport, read_guard, run_verify
@@ -111,6 +112,11 @@ def plan_sql(dsn: str, p: Plan) -> str:
         parts = [
             render_steps(conn, start_phase.start_steps(p), "start: expand (shadow columns, triggers)"),
             "-- backfill: batched UPDATEs in keyset order, cursor saved with each batch (not shown)\n",
+            *(
+                [render_steps(conn, invariant.steps(p), "backfill, when it finishes: the derived invariant")]
+                if p.derived
+                else []
+            ),
             render_steps(
                 conn, cutover_phase.prepare_steps(p, cutover_phase.FORWARD), "cutover: online preparation"
             ),

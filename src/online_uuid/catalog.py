@@ -781,6 +781,18 @@ def read_index_invalid(conn: psycopg.Connection, oid: int) -> bool:
     return bool(_scalar(conn, "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = %s", (oid,)))
 
 
+def read_validated_constraints(
+    conn: psycopg.Connection, oids: list[int], names: list[str]
+) -> list[tuple[int, str]]:
+    """(table oid, name) of the validated CHECK constraints among these names on these tables."""
+    rows = conn.execute(
+        "SELECT conrelid::int8, conname FROM pg_constraint WHERE contype = 'c' AND convalidated "
+        "AND conrelid = ANY (%s::oid[]) AND conname = ANY (%s::text[])",
+        (oids, names),
+    ).fetchall()
+    return [(int(oid), str(name)) for oid, name in rows]
+
+
 def read_lagging_standbys(conn: psycopg.Connection, over_s: float) -> list[tuple[str, float]]:
     """(application_name, replay lag in seconds) of the standbys lagging more than `over_s`."""
     rows = conn.execute(

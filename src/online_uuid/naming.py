@@ -113,6 +113,11 @@ def not_null_name(table: TableRef, column: str) -> str:
     return fit(f"{table.name}_{column}_not_null")
 
 
+def derived_check(table: TableRef, column: str) -> str:
+    """CHECK (shadow = derive(column)) that holds from the end of the backfill to the swap (derived mode)."""
+    return _object(table, column, "dv")
+
+
 def twin_index(index: str) -> str:
     return fit(f"{index}_ou", salt=index)
 

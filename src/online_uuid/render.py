@@ -204,7 +204,12 @@ def print_verify(report: VerifyReport, console: Console) -> None:
             console.print("nothing to repair", markup=False)
     for c in report.checks:
         mark = "ok" if c.ok else "FAIL"
-        console.print(f"{mark:4} {c.table}.{c.column}: {c.rows:,} rows checked", markup=False)
+        held = (
+            f"every row, held by validated CHECK {c.enforced_by}"
+            if c.enforced_by
+            else f"{c.rows:,} rows checked"
+        )
+        console.print(f"{mark:4} {c.table}.{c.column}: {held}", markup=False)
 
 
 def print_surroundings(plan: Plan, console: Console) -> None:

@@ -87,7 +87,7 @@ def effective_uuid_source(source: str | None, uuid_version: str) -> str:
 class BackfillSettings:
     """Pacing of the backfill; the runtime-tunable ones can also change through `throttle`."""
 
-    target_batch_ms: int = 200
+    target_batch_ms: int = 50
     min_batch_size: int = 100
     max_batch_size: int = 50_000
     initial_batch_size: int = 1_000

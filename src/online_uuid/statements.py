@@ -394,6 +394,17 @@ def build_not_null_check(table: TableRef, column: str, name: str) -> sql.Compose
     )
 
 
+def build_derived_check(
+    table: TableRef, shadow: str, column: str, derive: sql.Identifier, name: str
+) -> sql.Composed:
+    """NOT VALID: enforced for new rows at once; VALIDATE then proves the rows already there."""
+    return sql.SQL(
+        "ALTER TABLE {t} ADD CONSTRAINT {n} CHECK ({s} IS NOT DISTINCT FROM {d}({c})) NOT VALID"
+    ).format(
+        t=table.ident, n=sql.Identifier(name), s=sql.Identifier(shadow), d=derive, c=sql.Identifier(column)
+    )
+
+
 def build_validate(table: TableRef, constraint: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table.ident, sql.Identifier(constraint))
 

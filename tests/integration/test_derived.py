@@ -368,3 +368,71 @@ def test_adopting_an_existing_uuid_column_keeps_the_lookup_path(
         "plan", "-t", "t", "--key-from", "t.ext", "--uuid-source", "derived", dsn=dsn
     )
     assert code == 2 and "--uuid-source derived cannot adopt existing UUIDs" in err, err
+
+
+def _invariants(conn: psycopg.Connection[Any]) -> dict[str, bool]:
+    rows = conn.execute(
+        "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'c' AND conname LIKE 'ou\\_%\\_dv'"
+    ).fetchall()
+    return {str(name): bool(valid) for name, valid in rows}
+
+
+def _enable_ours(conn: psycopg.Connection[Any]) -> None:
+    trigger = naming.fires_last(naming.fk_trigger(CH, "pid"))
+    conn.execute(sql.SQL("ALTER TABLE ch ENABLE ALWAYS TRIGGER {}").format(sql.Identifier(trigger)))
+
+
+def test_the_server_holds_the_invariant_from_the_backfill_to_the_swap(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """After the backfill a validated CHECK keeps shadow = derive(column) on every row, so cutover's
+    verify reads the catalog instead of the tables; the swap drops the constraints."""
+    _schema(conn, rows=200)
+    api.start(dsn, ["p"])
+    assert _invariants(conn) == {naming.derived_check(P, "id"): True, naming.derived_check(CH, "pid"): True}
+    # A write past our triggers (disabled, as only an owner or superuser can) is refused by the server.
+    conn.execute("ALTER TABLE ch DISABLE TRIGGER USER")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE ch SET pid = 1 + pid % 10 WHERE id = 3")
+    _enable_ours(conn)
+    report = api.verify(dsn)
+    assert report.ok and [(c.column, c.rows, bool(c.enforced_by)) for c in report.checks] == [
+        ("id_uuid", 0, True),
+        ("pid_uuid", 0, True),
+    ]
+    code, out, _ = cli_in_process("verify", dsn=dsn)
+    assert code == 0 and f"held by validated CHECK {naming.derived_check(CH, 'pid')}" in out, out
+    links = conn.execute("SELECT ch.id, p.id_uuid FROM ch JOIN p ON p.id = ch.pid ORDER BY 1").fetchall()
+    api.cutover(dsn)
+    assert _invariants(conn) == {}
+    assert conn.execute("SELECT ch.id, p.id FROM ch JOIN p ON p.id = ch.pid ORDER BY 1").fetchall() == links
+    conn.execute("INSERT INTO p (v) VALUES ('made after the swap')")  # a generated UUID: no CHECK refuses it
+    conn.execute("INSERT INTO ch (pid) SELECT id FROM p WHERE v = 'made after the swap'")
+
+
+def test_a_row_that_breaks_the_invariant_is_read_named_and_repaired(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A constraint that cannot be validated stays NOT VALID (new rows are still checked): verify then
+    reads that table row by row and names the row, and the next backfill fixes it and validates."""
+    from online_uuid.phases import invariant
+    from online_uuid.settings import LockSettings
+
+    _schema(conn, rows=50)
+    mid = api.start(dsn, ["p"], settings=NO_BACKFILL)
+    conn.execute("UPDATE p SET v = v")  # every key shadow filled by the trigger
+    conn.execute("UPDATE ch SET note = note")
+    conn.execute("ALTER TABLE ch DISABLE TRIGGER USER")
+    conn.execute("UPDATE ch SET pid_uuid = gen_random_uuid() WHERE id = 7")
+    _enable_ours(conn)
+    plan = state.load(conn, mid).plan
+    broken = invariant.enforce(conn, mid, plan, LockSettings())
+    assert broken == [naming.derived_check(CH, "pid")]
+    assert _invariants(conn) == {naming.derived_check(P, "id"): True, naming.derived_check(CH, "pid"): False}
+    report = api.verify(dsn)
+    by_column = {c.column: c for c in report.checks}
+    assert by_column["id_uuid"].enforced_by and not by_column["pid_uuid"].enforced_by
+    assert by_column["pid_uuid"].mismatched == 1 and by_column["pid_uuid"].samples[0]["id"] == 7
+    api.backfill(dsn)  # fixes row 7, then validates
+    assert _invariants(conn) == {naming.derived_check(P, "id"): True, naming.derived_check(CH, "pid"): True}
+    assert api.verify(dsn).ok

@@ -1,4 +1,4 @@
-"""Faults of single sessions: batches cancelled, a cutover whose sessions are terminated every 300 ms,
+"""Faults of single sessions: batches cancelled, a cutover whose sessions are terminated every 50 ms,
 two starts of the same tables at once."""
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ def _schema(conn: psycopg.Connection) -> None:
     create_test_schema(conn, PUBLIC, rows=20_000)
 
 
-def test_cutover_under_sessions_terminated_every_300ms(dsn: str, conn: psycopg.Connection) -> None:
+def test_cutover_under_sessions_terminated_every_50ms(dsn: str, conn: psycopg.Connection) -> None:
     _schema(conn)
     done = run_cli("start", "--dsn", dsn, *[a for t in PUBLIC.table_args() for a in ("-t", t)])
     assert done.returncode == 0, done.stderr
     before = conn.execute("SELECT id, id_uuid FROM parent ORDER BY id").fetchall()
-    with every(0.3, "terminate", dsn, "online-uuid/%") as hits:
+    with every(0.05, "terminate", dsn, "online-uuid/%") as hits:
         first = run_cli("cutover", "--dsn", dsn, timeout=300)
     assert hits, "no session was terminated"
     phase = _phase(conn)

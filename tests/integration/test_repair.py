@@ -15,6 +15,7 @@ import pytest
 
 from online_uuid import api
 from online_uuid.phases import cutover as cutover_phase
+from online_uuid.settings import StartSettings
 from support.cli import invoke_cli
 from support.snapshots import phase_of
 from support.workload import writing
@@ -80,8 +81,9 @@ def _dba_bypass(dsn: str) -> None:
 def test_cutover_refuses_rows_written_past_disabled_triggers_and_repair_fixes_them(
     dsn: str, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The lookup path (in derived mode a validated CHECK refuses such writes: test_derived.py)."""
     conn.execute(DDL)
-    api.start(dsn, ["p"])
+    api.start(dsn, ["p"], settings=StartSettings(uuid_source="random"))
     assert api.verify(dsn).ok
     real_swap = cutover_phase.run_swap
 

@@ -200,11 +200,16 @@ def _range_params(job: BackfillJob, lo: int, hi: int) -> tuple[Any, Any]:
 def derived_update_sql(job: BackfillJob) -> sql.Composed:
     """Derived mode: shadow = derive(column), the key's own function or the parent's; no join.
 
-    Rows that already hold the right value (written through the trigger) are left alone.
+    Rows that already hold the right value (written through the trigger) are left alone. An empty
+    shadow is filled without testing it against derive() first: sha256 is most of a row's cost, and
+    PostgreSQL evaluates OR's arms in order and stops at the first true one.
     """
     table, column = (job.table, job.column) if job.kind == "key" else (job.ref_table, job.ref_column)
     assert table is not None and column is not None
-    return sql.SQL("UPDATE {t} SET {s} = {d}({x}) WHERE {r} AND {s} IS DISTINCT FROM {d}({x})").format(
+    return sql.SQL(
+        "UPDATE {t} SET {s} = {d}({x}) WHERE {r} "
+        "AND (({s} IS NULL AND {x} IS NOT NULL) OR {s} IS DISTINCT FROM {d}({x}))"
+    ).format(
         t=job.table.ident,
         s=sql.Identifier(job.shadow),
         d=derive_fn(table, column),

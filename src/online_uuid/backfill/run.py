@@ -17,7 +17,8 @@ from ..errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateEr
 from ..metrics import Metrics, table_label
 from ..model import BackfillJob, Phase, TableRef, backfill_jobs
 from ..naming import application_name
-from ..settings import BackfillSettings
+from ..phases import invariant
+from ..settings import BackfillSettings, LockSettings
 from . import barrier, batch, role
 from .context import ERROR_KINDS, RunContext, Session
 from .lock import LockHolder
@@ -143,6 +144,10 @@ def _record_error(dsn: str, mid: str, message: str) -> None:
 
 
 def _finish(ctx: RunContext, session: Session) -> None:
+    if ctx.plan.derived:  # the invariant the cutover's verify then reads from the catalog
+        ctx.progress.note("validating the derived invariant (one read of each table)", migration=ctx.mid)
+        session.call(lambda c: invariant.enforce(c, ctx.mid, ctx.plan, LockSettings()), deadline_s=None)
+
     def move(conn: psycopg.Connection) -> None:
         with conn.transaction():
             state.move(conn, ctx.mid, Phase.BACKFILLING, Phase.BACKFILLED)

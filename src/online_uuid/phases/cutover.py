@@ -26,7 +26,7 @@ from ..metrics import Metrics
 from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
-from . import metadata
+from . import invariant, metadata
 from .verify import TriggerGuard, check_guard
 
 log = structlog.get_logger("online_uuid")
@@ -157,6 +157,7 @@ def swap_statements(
     if side == FORWARD:
         for k in plan.keys:
             st += s.build_drop_key_triggers(k)
+        st += invariant.drop_statements(plan)  # rows made from now on get generated UUIDs
     for f in plan.foreign_keys:
         st.append(s.build_drop_constraint(f.table, f.name))
     for ix in plan.indexes:
