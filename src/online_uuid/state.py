@@ -273,6 +273,14 @@ def forget_steps(conn: psycopg.Connection, migration_id: str, prefix: str) -> No
     )
 
 
+def forget_step(conn: psycopg.Connection, migration_id: str, step_id: str) -> None:
+    """One step, so that the next run does it again."""
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE migration_id = %s AND step_id = %s").format(_t("steps")),
+        (migration_id, step_id),
+    )
+
+
 def event(conn: psycopg.Connection, migration_id: str, kind: str, detail: dict[str, Any]) -> None:
     conn.execute(
         sql.SQL("INSERT INTO {} (migration_id, kind, detail) VALUES (%s, %s, %s)").format(_t("events")),

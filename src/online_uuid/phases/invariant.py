@@ -67,44 +67,53 @@ def invariants(plan: Plan) -> list[Invariant]:
     return out
 
 
+def _steps(inv: Invariant) -> tuple[Step, Step]:
+    at = f"{inv.table}.{inv.column}"
+    add = s.build_derived_check(inv.table, inv.shadow, inv.column, inv.derive, inv.name)
+    drop = s.build_drop_constraint(inv.table, inv.name, if_exists=True)
+    return (
+        Step(f"{STEP_PREFIX}add:{at}", (drop, add), (inv.table,), DDL, f"CHECK {inv.name} NOT VALID"),
+        Step(
+            f"{STEP_PREFIX}valid:{at}",
+            (s.build_validate(inv.table, inv.name),),
+            (inv.table,),
+            ONLINE,
+            f"validate {inv.name}",
+        ),
+    )
+
+
 def steps(plan: Plan) -> list[Step]:
-    out: list[Step] = []
-    for inv in invariants(plan):
-        at = f"{inv.table}.{inv.column}"
-        add = s.build_derived_check(inv.table, inv.shadow, inv.column, inv.derive, inv.name)
-        drop = s.build_drop_constraint(inv.table, inv.name, if_exists=True)
-        out.append(
-            Step(f"{STEP_PREFIX}add:{at}", (drop, add), (inv.table,), DDL, f"CHECK {inv.name} NOT VALID")
-        )
-        out.append(
-            Step(
-                f"{STEP_PREFIX}valid:{at}",
-                (s.build_validate(inv.table, inv.name),),
-                (inv.table,),
-                ONLINE,
-                f"validate {inv.name}",
-            )
-        )
-    return out
+    return [step for inv in invariants(plan) for step in _steps(inv)]
 
 
 def enforce(conn: psycopg.Connection, mid: str, plan: Plan, lock: LockSettings) -> list[str]:
-    """Add and validate every invariant; returns the constraints some row breaks.
+    """Add and validate every invariant the catalog does not show validated; returns the names of
+    the constraints some row breaks.
 
-    A broken one stays NOT VALID (it still checks new rows): the cutover's verify then reads that
-    table row by row and names the rows, and `verify --repair` validates it again.
+    The catalog decides, not the recorded steps: a constraint dropped or left NOT VALID by an
+    earlier run is added again and validated. A broken one stays NOT VALID (it still checks new
+    rows): the cutover's verify then reads that table row by row and names the rows, and
+    `verify --repair` runs this again.
     """
+    held = read_enforced(conn, plan)
     ex = Executor(conn, mid, lock)
     broken: list[str] = []
-    for step in steps(plan):
+    for inv in invariants(plan):
+        if (inv.table, inv.shadow) in held:
+            continue
+        add, validate = _steps(inv)
+        state.forget_step(conn, mid, add.id)
+        state.forget_step(conn, mid, validate.id)
         try:
-            ex.run(step)
+            ex.run(add)
+            ex.run(validate)
         except pgerrors.CheckViolation as exc:
-            broken.append(step.description.removeprefix("validate "))
+            broken.append(inv.name)
             log.warning(
-                "a row breaks the derived invariant; verify will name it", step=step.id, error=str(exc)
+                "a row breaks the derived invariant; verify will name it", constraint=inv.name, error=str(exc)
             )
-            state.event(conn, mid, "invariant_broken", {"step": step.id})
+            state.event(conn, mid, "invariant_broken", {"constraint": inv.name, "table": str(inv.table)})
     return broken
 
 
