@@ -171,16 +171,29 @@ def _busy_ticks() -> int:
     return user + nice + system + irq + softirq + steal
 
 
+def _io_stall_us() -> int | None:
+    """Microseconds in which some task waited on I/O (Linux PSI), machine-wide; None without PSI."""
+    try:
+        some = Path("/proc/pressure/io").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return int(some.rsplit("total=", 1)[1])
+
+
 class CpuMeter:
-    """How many cores *other* work on the machine used during a measurement (it is shared)."""
+    """How many cores *other* work on the machine used during a measurement (it is shared), and the
+    share of the time some task waited on I/O (`io_stalled`: ours and others', a shared disk shows
+    there and nowhere in the CPU figures)."""
 
     def __init__(self, cluster: TempCluster) -> None:
         pidfile = cluster.data_dir / "postmaster.pid"
         self.roots = [os.getpid(), int(pidfile.read_text().split()[0])]
         self.t0 = self.busy0 = self.ours0 = 0.0
+        self.io0: int | None = None
 
     def __enter__(self) -> CpuMeter:
         self.t0, self.busy0, self.ours0 = time.monotonic(), _busy_ticks(), _tree_ticks(self.roots)
+        self.io0 = _io_stall_us()
         self.result: dict[str, float] = {}
         return self
 
@@ -192,6 +205,9 @@ class CpuMeter:
             "bench_cores": round(ours / wall, 2),
             "other_cores": round(max(0.0, busy - ours) / wall, 2),
         }
+        io = _io_stall_us()
+        if io is not None and self.io0 is not None:
+            self.result["io_stalled"] = round((io - self.io0) / 1e6 / wall, 3)
 
 
 def header(cluster: TempCluster) -> dict[str, Any]:

@@ -134,9 +134,12 @@ def run_case(
     try:
         idle: list[list[oltp_probe.Sample]] = []
         others: list[float] = []
+        io_stalled: list[float] = []
 
         def idle_window() -> None:
-            samples, other = oltp_probe.quiet_window(cluster, dsn, parents, idle_s)
+            samples, meter = oltp_probe.quiet_window(cluster, dsn, parents, idle_s)
+            other = meter["other_cores"]
+            io_stalled.append(meter.get("io_stalled", 0.0))
             idle.append(samples)
             others.append(other)
 
@@ -175,7 +178,7 @@ def run_case(
         "seconds": round(secs, 2),
         "rows_per_s": round(rows / secs, 1),
         "throttled_s": {k: round(v, 2) for k, v in throttled.items()},
-        "idle": {**oltp_probe.summarize(idle), "other_cores": max(others)},
+        "idle": {**oltp_probe.summarize(idle), "other_cores": max(others), "io_stalled": io_stalled},
         "idle_windows_p99_ms": [oltp_probe.summarize([w])["p99_ms"] for w in idle],
         "during": {**oltp_probe.summarize([during]), **cpu.result},
     }
@@ -249,7 +252,9 @@ def _line(r: dict[str, Any], oneshot_rate: float) -> str:
     return (
         f"{r['label']:>12}: {r['rows']:,} rows in {r['seconds']:.1f}s ({r['rows_per_s']:,.0f} rows/s, "
         f"{r['rows_per_s'] / oneshot_rate:.2f}x one-shot); probe p99 idle {r['idle']['p99_ms']:.2f} ms, "
-        f"during {r['during']['p99_ms']:.2f} ms = {r['p99_ratio']:.2f}x; other cores {r['during']['other_cores']:.2f}"
+        f"during {r['during']['p99_ms']:.2f} ms = {r['p99_ratio']:.2f}x; other cores {r['during']['other_cores']:.2f}; "
+        f"I/O stalled {r['during'].get('io_stalled', 0):.0%} of the time (idle windows "
+        f"{', '.join(f'{x:.0%}' for x in r['idle'].get('io_stalled', []))})"
     )
 
 

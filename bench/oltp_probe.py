@@ -168,14 +168,16 @@ def summarize(windows: list[list[Sample]]) -> dict[str, Any]:
     return doc
 
 
-def quiet_window(cluster: Any, dsn: str, parents: int, seconds: float) -> tuple[list[Sample], float]:
-    """The probe alone on a settled server: (samples, cores other processes used meanwhile)."""
+def quiet_window(
+    cluster: Any, dsn: str, parents: int, seconds: float
+) -> tuple[list[Sample], dict[str, float]]:
+    """The probe alone on a settled server: (samples, the window's CpuMeter readings)."""
     with common.connect(dsn) as conn:
         common.wait_vacuum_idle(conn)
         common.checkpoint(conn)
     with common.CpuMeter(cluster) as cpu:
         samples = Probe(dsn, parents, seconds).finish(terminate=False)
-    return samples, cpu.result["other_cores"]
+    return samples, cpu.result
 
 
 def case(
@@ -201,7 +203,8 @@ def case(
     idle_other: list[float] = []
 
     def bracket() -> None:
-        samples, other = quiet_window(cluster, dsn, parents, idle_s)
+        samples, meter = quiet_window(cluster, dsn, parents, idle_s)
+        other = meter["other_cores"]
         idle.append(samples)
         idle_other.append(other)
         if floor:
