@@ -226,7 +226,7 @@ def verify(
         with _session(dsn, migration, "verify", lock=False) as (conn, mid):
             m = state.load(conn, mid)
             cut_over = m.phase in (Phase.CUT_OVER, Phase.REVERTING)
-            return run_verify(conn, m.plan, cut_over=cut_over, derived=_derived(conn, m))
+            return run_verify(conn, m.plan, cut_over=cut_over, derived=_derived(conn, m), mid=mid)
     from .backfill.repair import run_repair
 
     with _session(dsn, migration, "verify") as (conn, mid):
@@ -236,13 +236,13 @@ def verify(
                 f"migration {mid} is {m.phase}; verify --repair runs after the backfill and before "
                 "cutover (after a cutover: `online-uuid rollback` first)"
             )
-        report = run_verify(conn, m.plan, derived=_derived(conn, m))
+        report = run_verify(conn, m.plan, derived=_derived(conn, m), mid=mid)
         fixed = {}
         if report.failing():
             fixed = run_repair(
                 dsn, mid, report.failing(), settings or BackfillSettings(), metrics=metrics, progress=progress
             )
-            report = run_verify(conn, m.plan, derived=_derived(conn, m))
+            report = run_verify(conn, m.plan, derived=_derived(conn, m), mid=mid)
         report.repaired = fixed
         return report
 
@@ -284,7 +284,7 @@ def cutover(
         guard = None
         if m.phase in (Phase.BACKFILLED, Phase.PREPARING):
             guard = read_guard(conn, m.plan)  # before the verify: compared again under the swap's lock
-            report = run_verify(conn, m.plan, derived=_derived(conn, m))
+            report = run_verify(conn, m.plan, derived=_derived(conn, m), mid=mid)
             if not report.ok:
                 raise VerifyError(
                     f"verify failed, cutover refused: {report.first_problem()}", report.to_json()

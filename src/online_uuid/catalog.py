@@ -98,6 +98,7 @@ class ReferencingFk:
     condeferred: bool
     convalidated: bool
     match: str
+    inherited: bool = False  # a partition's clone of its partitioned parent's constraint
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def read_referencing_fks(conn: psycopg.Connection, oid: int, attnum: int) -> lis
         SELECT con.conname, con.conrelid::int8 AS child_oid, con.conkey::int2[] AS conkey,
                con.confkey::int2[] AS confkey, con.confdeltype::text AS on_delete,
                con.confupdtype::text AS on_update, con.condeferrable, con.condeferred,
-               con.convalidated, con.confmatchtype::text AS match
+               con.convalidated, con.confmatchtype::text AS match, con.conparentid <> 0 AS inherited
           FROM pg_constraint con
          WHERE con.contype = 'f' AND con.confrelid = %s AND %s = ANY (con.confkey)
          ORDER BY con.conrelid::regclass::text, con.conname
@@ -976,3 +977,119 @@ def read_partition_root(conn: psycopg.Connection, oid: int) -> TableRef:
     ).fetchone()
     assert row is not None
     return TableRef(str(row[0]), str(row[1]))
+
+
+def read_partition_root_oid(conn: psycopg.Connection, oid: int) -> int:
+    """The oid of the partitioned table at the top of a partition tree (the table itself if a root)."""
+    return int(_scalar(conn, "SELECT coalesce(pg_partition_root(%s::oid), %s::oid)::int8", (oid, oid)))
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    oid: int
+    schema: str
+    name: str
+    relkind: str
+    parent_schema: str
+    parent_name: str
+    leaf: bool
+    level: int
+    rows: int
+    owned: bool
+
+    @property
+    def ref(self) -> TableRef:
+        return TableRef(self.schema, self.name)
+
+    @property
+    def parent(self) -> TableRef:
+        return TableRef(self.parent_schema, self.parent_name)
+
+
+def read_partitions(conn: psycopg.Connection, root_oid: int) -> list[PartitionRow]:
+    """The root and every partition under it at any depth (pg_partition_tree), root first, by level."""
+    return _rows(
+        conn,
+        PartitionRow,
+        """
+        SELECT t.relid::oid::int8 AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind,
+               pn.nspname AS parent_schema, pc.relname AS parent_name,
+               c.relkind <> 'p' AS leaf, t.level::int AS level, greatest(c.reltuples, 0)::int8 AS rows,
+               pg_has_role(current_user, c.relowner, 'USAGE') AS owned
+          FROM pg_partition_tree(%s::oid::regclass) t
+          JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_class pc ON pc.oid = coalesce(t.parentrelid, t.relid)
+          JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+         ORDER BY t.level, n.nspname, c.relname
+        """,
+        (root_oid,),
+    )
+
+
+@dataclass(frozen=True)
+class TableFk:
+    conname: str
+    column: str  # its first referencing column
+    ncolumns: int
+    inherited: bool  # a clone of the partitioned parent's constraint (conparentid <> 0)
+
+
+def read_table_fks(conn: psycopg.Connection, oid: int, ref_oid: int) -> list[TableFk]:
+    """The foreign keys of one table that reference `ref_oid`, with their column."""
+    return _rows(
+        conn,
+        TableFk,
+        "SELECT k.conname, a.attname AS column, array_length(k.conkey, 1) AS ncolumns, "
+        "k.conparentid <> 0 AS inherited FROM pg_constraint k "
+        "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] "
+        "WHERE k.contype = 'f' AND k.conrelid = %s AND k.confrelid = %s ORDER BY k.conname",
+        (oid, ref_oid),
+    )
+
+
+@dataclass(frozen=True)
+class IndexPartition:
+    schema: str
+    table_name: str
+    name: str
+    parent: str
+    leaf: bool
+    level: int
+
+    @property
+    def table(self) -> TableRef:
+        return TableRef(self.schema, self.table_name)
+
+
+def read_index_partitions(conn: psycopg.Connection, index_oid: int) -> list[IndexPartition]:
+    """The indexes attached to a partitioned index, at every depth, with the table of each."""
+    return _rows(
+        conn,
+        IndexPartition,
+        """
+        SELECT n.nspname AS schema, tc.relname AS table_name, ic.relname AS name, pic.relname AS parent,
+               ic.relkind = 'i' AS leaf, t.level::int AS level
+          FROM pg_partition_tree(%s::oid::regclass) t
+          JOIN pg_class ic ON ic.oid = t.relid JOIN pg_index i ON i.indexrelid = t.relid
+          JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = tc.relnamespace
+          JOIN pg_class pic ON pic.oid = t.parentrelid
+         WHERE t.level > 0
+         ORDER BY t.level, 1, 2
+        """,
+        (index_oid,),
+    )
+
+
+def read_index_has_parent(conn: psycopg.Connection, index_oid: int) -> bool:
+    """Whether the index is attached to a partitioned table's index."""
+    return bool(_scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s)", (index_oid,)))
+
+
+def read_partition_key(conn: psycopg.Connection, oid: int) -> tuple[list[int], str]:
+    """A partitioned table's key: its column numbers (0 for an expression) and its definition text."""
+    row = conn.execute(
+        "SELECT partattrs::int2[], pg_get_partkeydef(partrelid) FROM pg_partitioned_table "
+        "WHERE partrelid = %s",
+        (oid,),
+    ).fetchone()
+    return ([], "") if row is None else ([int(a) for a in row[0]], str(row[1]))

@@ -87,6 +87,42 @@ class KeyConversion:
 
 
 @dataclass(frozen=True)
+class PartitionNode:
+    """A partition (leaf, or a partitioned table in between) under a partitioned child's root.
+
+    Read from the catalog at plan time and again by every phase (partitions.refresh), so
+    partitions created or attached since are covered. Constraint names are the live column's.
+    """
+
+    table: TableRef
+    parent: TableRef  # the partitioned table it is a partition of
+    leaf: bool = True
+    level: int = 1  # 1 under the root, 2 under an intermediate partitioned table, ...
+    constraint: str = ""  # its foreign key on the converted column ("" when it has none)
+    inherited: bool = False  # that constraint is its parent's, cloned (else declared on this table)
+    batch_column: str = ""  # a leaf's column the backfill walks (integer, indexed) or ctid
+    rows: int = 0
+    shadow_constraint: str = ""  # read at run time: its foreign key on the shadow column, if any
+    retired_constraint: str = ""  # read at run time: its foreign key on the retired column, if any
+
+    @property
+    def key(self) -> str:
+        return f"{self.table.schema}.{self.table.name}"
+
+
+@dataclass(frozen=True)
+class PartitionIndex:
+    """An index of a partition attached to a partitioned index (at any depth), and its twin."""
+
+    table: TableRef
+    name: str  # its name (in the partition's schema)
+    twin: str  # its twin's name (read at run time: the index attached to the parent twin, if any)
+    parent: str  # the index it is attached to (the partitioned table's index), same tree
+    leaf: bool = True
+    level: int = 1
+
+
+@dataclass(frozen=True)
 class ForeignKeyConversion:
     """A foreign key that references a converted key; its column is converted too."""
 
@@ -106,10 +142,21 @@ class ForeignKeyConversion:
     table_rows: int = 0
     final_on_delete: str = ""  # action after cutover ("c" with --cascade-deletes)
     definer: bool = False  # a role writes the child but may not read the parent: SECURITY DEFINER trigger
+    # A partitioned child: `table` is the root (the column and triggers live there) and `name` its own
+    # foreign key ("" when each partition declares its own); the partitions carry theirs.
+    partitioned: bool = False
+    partitions: tuple[PartitionNode, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.table.schema}.{self.table.name}.{self.column}"
+
+    def leaves(self) -> list[PartitionNode]:
+        return [p for p in self.partitions if p.leaf]
+
+    def fk_tables(self) -> list[TableRef]:
+        """The root and every partition (for locks, trigger guards, renames)."""
+        return [self.table, *(p.table for p in self.partitions)]
 
 
 @dataclass(frozen=True)
@@ -132,6 +179,11 @@ class IndexTwin:
     nulls_first: tuple[bool, ...] = ()
     opclasses: tuple[str | None, ...] = ()  # non-default operator class per key column (kept ones)
     collations: tuple[str | None, ...] = ()  # non-default collation per key column
+    # The index of a partitioned table: its partitions' indexes (attached to it, at every level).
+    # A partition's own index, attached to none, is an IndexTwin of its own (`table` the partition).
+    partitions: tuple[PartitionIndex, ...] = ()
+    partitioned: bool = False
+    root: TableRef | None = None  # the partitioned table whose converted column it indexes, if not `table`
 
 
 @dataclass(frozen=True)
@@ -327,8 +379,19 @@ class Plan:
             return TableRef(d["schema"], d["name"])
 
         keys = tuple(KeyConversion(**{**k, "table": ref(k["table"])}) for k in doc["keys"])
+
+        def node(d: dict[str, Any]) -> PartitionNode:
+            return PartitionNode(**{**d, "table": ref(d["table"]), "parent": ref(d["parent"])})
+
         fks = tuple(
-            ForeignKeyConversion(**{**f, "table": ref(f["table"]), "ref_table": ref(f["ref_table"])})
+            ForeignKeyConversion(
+                **{
+                    **f,
+                    "table": ref(f["table"]),
+                    "ref_table": ref(f["ref_table"]),
+                    "partitions": tuple(node(p) for p in f.get("partitions", ())),
+                }
+            )
             for f in doc["foreign_keys"]
         )
         idx = tuple(
@@ -342,6 +405,10 @@ class Plan:
                     "nulls_first": tuple(i["nulls_first"]),
                     "opclasses": tuple(i.get("opclasses", ())),
                     "collations": tuple(i.get("collations", ())),
+                    "partitions": tuple(
+                        PartitionIndex(**{**p, "table": ref(p["table"])}) for p in i.get("partitions", ())
+                    ),
+                    "root": ref(i["root"]) if i.get("root") else None,
                 }
             )
             for i in doc.get("indexes", [])
@@ -425,18 +492,23 @@ def backfill_jobs(plan: Plan) -> list[BackfillJob]:
     for f in sorted(plan.foreign_keys, key=lambda f: (f.table, f.column)):
         parent = plan.key_for(f.ref_table)
         assert parent is not None
-        jobs.append(
-            BackfillJob(
-                job_id=f"fk:{f.key}",
-                kind="fk",
-                table=f.table,
-                column=f.column,
-                shadow=f.shadow,
-                batch_column=f.batch_column,
-                ref_table=f.ref_table,
-                ref_column=f.ref_column,
-                ref_shadow=parent.shadow,
-                level=parent.level + 1,
+        # A partitioned child: one job per leaf partition, each walked like a table of its own.
+        walks = [(f.table, f.batch_column, f"fk:{f.key}")]
+        if f.partitioned:
+            walks = [(p.table, p.batch_column, f"fk:{f.key}@{p.key}") for p in f.leaves()]
+        for table, walk, job_id in walks:
+            jobs.append(
+                BackfillJob(
+                    job_id=job_id,
+                    kind="fk",
+                    table=table,
+                    column=f.column,
+                    shadow=f.shadow,
+                    batch_column=walk,
+                    ref_table=f.ref_table,
+                    ref_column=f.ref_column,
+                    ref_shadow=parent.shadow,
+                    level=parent.level + 1,
+                )
             )
-        )
     return jobs

@@ -19,6 +19,8 @@ from .model import (
     KeyConversion,
     MaterializedView,
     MatViewIndex,
+    PartitionIndex,
+    PartitionNode,
     Plan,
     TableRef,
     Warning_,
@@ -52,6 +54,8 @@ class _Builder:
         self.warnings: list[Warning_] = []
         self.converted: dict[int, dict[int, JobKind]] = {}  # table oid -> attnum -> role
         self.tables: dict[int, catalog.TableInfo] = {}
+        self.root_of: dict[int, int] = {}  # partition oid -> its partitioned root's oid
+        self.partition_columns: list[tuple[catalog.TableInfo, int]] = []  # partitions' converted columns
 
     def table(self, oid: int, references: str = "") -> catalog.TableInfo:
         """A table to change: its own key is converted, or (`references` given) a foreign key of it."""
@@ -71,14 +75,15 @@ class _Builder:
                     "key itself) and its partition bounds are integers, which a uuid cannot take; convert "
                     "it offline (re-partition)"
                 )
-            raise PlanError(
-                f"{root} is partitioned and references {references}; online-uuid does not convert foreign "
-                "keys of partitioned tables yet: drop that foreign key before the migration and recreate "
-                "it on the uuid column after cutover"
-            )
-        if t.relkind != "r":
+            if self.conn.info.server_version < ctid.MIN_SERVER:
+                raise PlanError(
+                    f"{root} is partitioned and references {references}; converting foreign keys of "
+                    "partitioned tables needs PostgreSQL 14+"
+                )
+            # a partitioned child: _add_partitioned_fks checks the root and every partition
+        elif t.relkind != "r":
             raise PlanError(f"{t.ref} is not a table (relkind {t.relkind}); list tables only")
-        if t.has_inheritance:
+        if t.has_inheritance and not (t.relkind == "p" or t.is_partition):
             raise PlanError(
                 f"{t.ref} takes part in table inheritance; online-uuid cannot carry inherited "
                 "columns over: remove the inheritance first (ALTER TABLE ... NO INHERIT)"
@@ -185,8 +190,12 @@ class _Builder:
                 )
 
     def _add_referencing_fks(self, parent: catalog.TableInfo, column: str, attnum: int) -> None:
+        trees: dict[int, list[catalog.ReferencingFk]] = {}
         for fk in catalog.read_referencing_fks(self.conn, parent.oid, attnum):
             child = self.table(int(fk.child_oid), references=f"{parent.ref}.{column}")
+            if child.relkind == "p" or child.is_partition:
+                trees.setdefault(catalog.read_partition_root_oid(self.conn, child.oid), []).append(fk)
+                continue
             if len(fk.conkey) != 1:
                 raise PlanError(
                     f"foreign key {fk.conname} on {child.ref} is composite and references "
@@ -250,6 +259,176 @@ class _Builder:
                     definer=writer is not None or parent_rls,
                 )
             )
+        for root_oid, fks in trees.items():
+            self._add_partitioned_fks(parent, column, root_oid, fks)
+
+    def _add_partitioned_fks(
+        self, parent: catalog.TableInfo, column: str, root_oid: int, fks: list[catalog.ReferencingFk]
+    ) -> None:
+        """Foreign keys of a partition tree: declared on the partitioned table (its partitions hold
+        clones) or on partitions; each column becomes one conversion of the root's column."""
+        references = f"{parent.ref}.{column}"
+        root = self.table(root_oid, references=references)
+        tree = catalog.read_partitions(self.conn, root_oid)
+        by_column: dict[str, list[catalog.ReferencingFk]] = {}
+        for fk in fks:
+            where = self.tables[int(fk.child_oid)].ref
+            if len(fk.conkey) != 1:
+                raise PlanError(
+                    f"foreign key {fk.conname} on {where} is composite and references {references}; "
+                    "online-uuid cannot convert composite foreign keys: drop it before the migration and "
+                    "recreate it after"
+                )
+            name = catalog.read_column_by_num(self.conn, int(fk.child_oid), int(fk.conkey[0])).attname
+            by_column.setdefault(name, []).append(fk)
+        for name, group in sorted(by_column.items()):
+            self._add_partitioned_fk(parent, column, root, tree, name, group)
+
+    def _check_partition(self, node: catalog.PartitionRow, root: TableRef) -> None:
+        if node.relkind not in ("r", "p"):
+            raise PlanError(
+                f"partition {node.ref} of {root} is not a table (relkind {node.relkind}, e.g. a foreign "
+                "table); online-uuid cannot add a shadow column to it: detach it during the migration"
+            )
+        if not node.owned:
+            raise PlanError(
+                f"permission denied: the current user does not own partition {node.ref} of {root}; run "
+                "online-uuid as its owner (or a member of the owning role)"
+            )
+        info = catalog.read_table_by_oid(self.conn, node.oid)
+        self._check_row_security(info)
+
+    def _add_partitioned_fk(
+        self,
+        parent: catalog.TableInfo,
+        column: str,
+        root: catalog.TableInfo,
+        tree: list[catalog.PartitionRow],
+        name: str,
+        group: list[catalog.ReferencingFk],
+    ) -> None:
+        references = f"{parent.ref}.{column}"
+        col = catalog.read_column(self.conn, root.oid, name)
+        assert col is not None  # partitions have their parent's columns, by name
+        if col.type not in catalog.INTEGER_TYPES:
+            raise PlanError(f"{root.ref}.{name} is {col.type}, expected an integer")
+        for node in tree:
+            if node.relkind != "p":
+                continue
+            attnums, keydef = catalog.read_partition_key(self.conn, node.oid)
+            ncol = catalog.read_column(self.conn, node.oid, name)
+            in_key = ncol is not None and (ncol.attnum in attnums or (0 in attnums and name in keydef))
+            if in_key:
+                raise PlanError(
+                    f"{node.ref} is partitioned by {keydef}, which uses {name}, a foreign key to "
+                    f"{references}: partition bounds are integers, which a uuid cannot take; convert it "
+                    "offline (re-partition), or leave it out of the migration"
+                )
+        if self.converted.get(root.oid, {}).get(col.attnum) is not None:
+            raise PlanError(
+                f"{root.ref}.{name} would be converted twice (two keys it references are converted); "
+                "convert those tables in separate migrations"
+            )
+        declared = [fk for fk in group if not fk.inherited]
+        first = declared[0]
+        for fk in declared[1:]:
+            same = (fk.on_delete, fk.on_update, fk.condeferrable, fk.condeferred) == (
+                first.on_delete,
+                first.on_update,
+                first.condeferrable,
+                first.condeferred,
+            )
+            if not same:
+                raise PlanError(
+                    f"foreign keys {first.conname} and {fk.conname} of the partitions of {root.ref} "
+                    f"reference {references} with different actions or timing; online-uuid converts "
+                    "them as one: make them alike first"
+                )
+        if "d" in (first.on_delete, first.on_update):
+            raise PlanError(
+                f"foreign key {first.conname} on {root.ref} uses SET DEFAULT, which has no UUID "
+                "equivalent; change it to another action first"
+            )
+        if self.cascade and first.on_delete != "c":
+            raise PlanError(
+                f"--cascade-deletes would change foreign key {first.conname} of partitioned table "
+                f"{root.ref}, and online-uuid cannot yet change a partitioned foreign key's action online: "
+                f"give it ON DELETE CASCADE before the migration, or leave out --cascade-deletes"
+            )
+        self._check_free_names(root, name)
+        nodes: list[PartitionNode] = []
+        rows = 0
+        for node in tree:
+            if node.level > 0:
+                self._check_partition(node, root.ref)
+            mine = [f for f in catalog.read_table_fks(self.conn, node.oid, parent.oid) if f.column == name]
+            if len(mine) > 1:
+                listed = ", ".join(f.conname for f in mine)
+                raise PlanError(
+                    f"{node.ref}.{name} has several foreign keys to {references} ({listed}); drop all but "
+                    "one before the migration"
+                )
+            batch = ""
+            if node.leaf:
+                leaf_col = catalog.read_column(self.conn, node.oid, name)
+                assert leaf_col is not None
+                leaf = catalog.read_table_by_oid(self.conn, node.oid)
+                batch = self._batch_column(leaf, leaf_col.attnum, name)
+                rows += node.rows
+                self.root_of[node.oid] = root.oid
+                self.partition_columns.append((leaf, leaf_col.attnum))
+            elif node.level > 0:
+                ncol = catalog.read_column(self.conn, node.oid, name)
+                assert ncol is not None
+                self.root_of[node.oid] = root.oid
+                self.partition_columns.append((catalog.read_table_by_oid(self.conn, node.oid), ncol.attnum))
+            nodes.append(
+                PartitionNode(
+                    table=node.ref,
+                    parent=node.parent,
+                    leaf=node.leaf,
+                    level=node.level,
+                    constraint=mine[0].conname if mine else "",
+                    inherited=bool(mine) and mine[0].inherited,
+                    batch_column=batch,
+                    rows=node.rows,
+                )
+            )
+        self.converted.setdefault(root.oid, {})[col.attnum] = "fk"
+        writer = catalog.read_writer_without_read(self.conn, root.oid, parent.oid)
+        parent_rls = bool(catalog.read_row_security(self.conn, parent.oid).enabled)
+        if (writer is not None or parent_rls) and not self.derived:
+            self.warnings.append(
+                Warning_(
+                    object=f"table {root.ref}",
+                    message=f"a role may write it but not read {parent.ref}, or {parent.ref} has row level "
+                    f"security; the dual-write trigger of {root.ref}.{name} runs SECURITY DEFINER "
+                    "(about 15% slower inserts)",
+                )
+            )
+        root_fk = nodes[0].constraint if nodes and nodes[0].level == 0 else ""
+        self.fks.append(
+            ForeignKeyConversion(
+                name=root_fk,
+                table=root.ref,
+                column=name,
+                shadow=shadow_column(name),
+                retired=retired_column(name),
+                ref_table=parent.ref,
+                ref_column=column,
+                on_delete=first.on_delete,
+                on_update=first.on_update,
+                deferrable=first.condeferrable,
+                initially_deferred=first.condeferred,
+                not_null=col.attnotnull,
+                batch_column="",
+                table_rows=rows,
+                final_on_delete=first.on_delete,
+                definer=writer is not None or parent_rls,
+                partitioned=True,
+                partitions=tuple(nodes),
+            )
+        )
 
     # --- dependents -------------------------------------------------------------------------
 
@@ -264,6 +443,9 @@ class _Builder:
                         f"publication {pub} lists a converted column of {info.ref} in its column list; "
                         "remove the column list (ALTER PUBLICATION ... SET TABLE) before migrating"
                     )
+        for info, attnum in self.partition_columns:  # a partition's own indexes, views, constraints
+            for dep in catalog.read_column_dependents(self.conn, info.oid, attnum):
+                self._classify(info, attnum, dep)
 
     def _classify(self, info: catalog.TableInfo, attnum: int, dep: catalog.Dependent) -> None:
         kind, what = dep.catalog, dep.description
@@ -285,7 +467,7 @@ class _Builder:
         rel = catalog.read_table_by_oid(self.conn, objid) if objid else None
         if rel is not None and rel.relkind == "S":
             return  # the serial/identity sequence stays owned by the retired integer column
-        if rel is not None and rel.relkind == "i":
+        if rel is not None and rel.relkind in ("i", "I"):  # "I": a partitioned table's index
             self._dependent_index(info, objid)
             return
         raise PlanError(
@@ -295,8 +477,10 @@ class _Builder:
 
     def _dependent_index(self, info: catalog.TableInfo, index_oid: int) -> None:
         idx = catalog.read_index(self.conn, index_oid)
-        if idx.indisprimary and self.converted[info.oid].get(idx.indkey[0]) == "key":
+        if idx.indisprimary and self.converted.get(info.oid, {}).get(idx.indkey[0]) == "key":
             return  # the key's own primary key: rebuilt from the shadow unique index
+        if catalog.read_index_has_parent(self.conn, index_oid):
+            return  # a partition's part of its partitioned table's index: the twin of that one covers it
         name = idx.name
         if idx.has_exprs or None in idx.columns:
             raise PlanError(
@@ -317,6 +501,20 @@ class _Builder:
             raise PlanError(
                 f"exclusion constraint {idx.conname} on {info.ref} covers a converted column; drop "
                 "it before the migration and recreate it after cutover"
+            )
+        partitions: tuple[PartitionIndex, ...] = ()
+        root = self.root_of.get(info.oid)
+        if info.relkind == "p":
+            if idx.contype:
+                raise PlanError(
+                    f"{'primary key' if idx.contype == 'p' else 'unique constraint'} {idx.conname} of "
+                    f"partitioned table {info.ref} covers a converted column, and online-uuid cannot yet "
+                    "rebuild a partitioned constraint online; drop it before the migration and recreate "
+                    "it after cutover (a unique index without a constraint is rebuilt)"
+                )
+            partitions = tuple(
+                PartitionIndex(p.table, p.name, twin_index(p.name), p.parent, p.leaf, p.level)
+                for p in catalog.read_index_partitions(self.conn, index_oid)
             )
         nkey = idx.nkey
         columns = [c for c in idx.columns if c is not None]  # none is: expressions were refused above
@@ -342,10 +540,13 @@ class _Builder:
                 for c, oc in zip(columns[:nkey], idx.opclasses[:nkey], strict=True)
             ),
             collations=tuple(idx.collations[:nkey]),
+            partitions=partitions,
+            partitioned=info.relkind == "p",
+            root=self.tables[root].ref if root is not None else None,
         )
 
     def _converted_names(self, oid: int) -> list[str]:
-        ref = self.tables[oid].ref
+        ref = self.tables[self.root_of.get(oid, oid)].ref
         names = [k.column for k in self.keys if k.table == ref]
         return names + [f.column for f in self.fks if f.table == ref]
 
@@ -596,7 +797,7 @@ def build_plan(
     server = conn.info.server_version
     fired = [
         FiringTrigger(str(TableRef(r.nspname, r.relname)), r.name, r.kind, r.enabled)
-        for r in catalog.read_update_triggers(conn, sorted(b.converted))
+        for r in catalog.read_update_triggers(conn, sorted({*b.converted, *b.root_of}))
     ]
     keys = b.levels()
     for spec in key_from:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from .model import ACTION_SQL, Plan
+from .model import ACTION_SQL, ForeignKeyConversion, Plan
 
 if TYPE_CHECKING:
     from .phases.verify import VerifyReport
@@ -79,7 +79,7 @@ def print_plan(plan: Plan, console: Console) -> None:
         fks.add_column(col)
     for f in plan.foreign_keys:
         fks.add_row(
-            f.name,
+            _fk_name(f),
             f"{f.table}.{f.column}",
             f"{f.ref_table}.{f.ref_column}",
             ACTION_SQL[f.on_delete],
@@ -246,3 +246,15 @@ def print_cutover_check(problems: list[str], at_risk: list[dict[str, Any]], cons
             f"{', '.join(map(str, pids))}: prepared statements fail until the session resets ({fix})",
             markup=False,
         )
+
+
+def _fk_name(f: ForeignKeyConversion) -> str:
+    """The constraint, or for a partitioned child those of its partitions (n partitions)."""
+    if not f.partitioned:
+        return f.name
+    own = sorted({p.constraint for p in f.partitions if p.constraint and not p.inherited and p.level > 0})
+    leaves = len(f.leaves())
+    parts = f"{leaves} partition{'s' if leaves != 1 else ''}"
+    if f.name:
+        return f"{f.name} ({parts})"
+    return f"{', '.join(own)} (declared on partitions; {parts})"

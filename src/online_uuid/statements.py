@@ -217,8 +217,9 @@ def build_fk_move_trigger(f: ForeignKeyConversion) -> list[sql.Composed]:
 
     An UPDATE of another column may move an unfilled row into a block the walk has passed; this
     trigger fills it on the way (the dual-write function, called when the shadow is still NULL).
+    A partitioned child always gets it: any partition, also one attached later, may be walked so.
     """
-    if f.batch_column != "ctid":
+    if f.batch_column != "ctid" and not f.partitioned:
         return []
     trig = naming.fk_trigger(f.table, f.column)
     return [
@@ -425,11 +426,18 @@ def renamed(plan: Plan, table: TableRef, column: str, side: Side) -> str:
     return column
 
 
-def build_twin_index(plan: Plan, ix: IndexTwin, side: Side) -> sql.Composed:
-    """The same index on the `side` columns, built concurrently (unique ones stay unique)."""
+def build_twin_index(
+    plan: Plan, ix: IndexTwin, side: Side, table: TableRef | None = None, name: str | None = None
+) -> sql.Composed:
+    """The same index on the `side` columns, built concurrently (unique ones stay unique).
+
+    A partitioned index's twin: `ix.table` gets it `ON ONLY` (invalid until every partition's twin,
+    built concurrently on `table` as `name`, is attached to it).
+    """
+    owner = ix.root or ix.table  # the table whose columns are converted (a partition's root)
     parts: list[sql.Composable] = []
     for i, c in enumerate(ix.columns):
-        piece: list[sql.Composable] = [sql.Identifier(renamed(plan, ix.table, c, side))]
+        piece: list[sql.Composable] = [sql.Identifier(renamed(plan, owner, c, side))]
         if ix.collations and ix.collations[i]:
             piece.append(sql.SQL("COLLATE {}").format(sql.SQL(ix.collations[i] or "")))
         if ix.opclasses and ix.opclasses[i]:
@@ -439,20 +447,31 @@ def build_twin_index(plan: Plan, ix: IndexTwin, side: Side) -> sql.Composed:
         if ix.nulls_first and ix.descending and ix.nulls_first[i] != ix.descending[i]:
             piece.append(sql.SQL("NULLS FIRST" if ix.nulls_first[i] else "NULLS LAST"))
         parts.append(sql.SQL(" ").join(piece))
-    q = sql.SQL("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
+    only = ix.partitioned and table is None
+    q = sql.SQL("CREATE {}INDEX {}IF NOT EXISTS {} ON {}{} USING {} ({})").format(
         sql.SQL("UNIQUE " if ix.unique else ""),
-        sql.Identifier(ix.twin),
-        ix.table.ident,
+        sql.SQL("" if only else "CONCURRENTLY "),
+        sql.Identifier(name or ix.twin),
+        sql.SQL("ONLY " if only else ""),
+        (table or ix.table).ident,
         sql.SQL(ix.method),
         sql.SQL(", ").join(parts),
     )
     if ix.include:
         q = sql.SQL("{} INCLUDE ({})").format(
-            q, sql.SQL(", ").join(sql.Identifier(renamed(plan, ix.table, c, side)) for c in ix.include)
+            q, sql.SQL(", ").join(sql.Identifier(renamed(plan, owner, c, side)) for c in ix.include)
         )
     if ix.predicate:
         q = sql.SQL("{} WHERE {}").format(q, sql.SQL(ix.predicate))  # server-deparsed, no converted column
     return q
+
+
+def build_attach_index(parent: TableRef, index: TableRef) -> sql.Composed:
+    """A partition's index becomes part of its partitioned table's index (catalog only).
+
+    Both are named by their table's schema and the index name.
+    """
+    return sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(parent.ident, index.ident)
 
 
 def fk_actions(f: ForeignKeyConversion, side: Side) -> tuple[str, str]:
@@ -479,6 +498,8 @@ def build_foreign_key(
     actions: tuple[str, str],
     *,
     live: bool = False,
+    table: TableRef | None = None,
+    valid: bool = False,
 ) -> sql.Composed:
     """FK on the `side` columns NOT VALID (validated online afterwards); `live` uses the original names.
 
@@ -494,10 +515,9 @@ def build_foreign_key(
     prepared = sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if f.deferrable else "")
     deferrable = fk_timing(f) if live else prepared
     return sql.SQL(
-        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
-        "ON DELETE {} ON UPDATE {}{} NOT VALID"
+        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}{}{}"
     ).format(
-        f.table.ident,
+        (table or f.table).ident,
         sql.Identifier(name),
         sql.Identifier(child_col),
         f.ref_table.ident,
@@ -505,6 +525,8 @@ def build_foreign_key(
         sql.SQL(ACTION_SQL[actions[0]]),
         sql.SQL(ACTION_SQL[actions[1]]),
         deferrable,
+        # valid: a partitioned table's, which attaches its partitions' validated ones (no scan)
+        sql.SQL("" if valid else " NOT VALID"),
     )
 
 

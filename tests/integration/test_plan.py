@@ -204,11 +204,18 @@ BAD_INPUTS = [
         "partition bounds are integers",
     ),
     (
-        "partref",
-        "CREATE TABLE partref (id int PRIMARY KEY);"
-        "CREATE TABLE partref_pay (d date, r int REFERENCES partref) PARTITION BY RANGE (d);"
-        "CREATE TABLE partref_pay_1 PARTITION OF partref_pay FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')",
-        "public.partref_pay is partitioned and references public.partref.id",
+        "partkey",
+        "CREATE TABLE partkey (id int PRIMARY KEY);"
+        "CREATE TABLE partkey_pay (d date, r int REFERENCES partkey) PARTITION BY RANGE (r);"
+        "CREATE TABLE partkey_pay_1 PARTITION OF partkey_pay FOR VALUES FROM (1) TO (100)",
+        "public.partkey_pay is partitioned by RANGE (r), which uses r",
+    ),
+    (
+        "partuq",
+        "CREATE TABLE partuq (id int PRIMARY KEY);"
+        "CREATE TABLE partuq_pay (d date, r int REFERENCES partuq, UNIQUE (r, d)) PARTITION BY RANGE (d);"
+        "CREATE TABLE partuq_pay_1 PARTITION OF partuq_pay FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')",
+        "unique constraint partuq_pay_r_d_key of partitioned table public.partuq_pay covers a converted column",
     ),
     (
         "setdef",

@@ -6,7 +6,6 @@ import psycopg
 import pytest
 
 from online_uuid import api
-from online_uuid.errors import PlanError
 
 pytestmark = pytest.mark.pg(14)
 
@@ -34,17 +33,19 @@ CREATE MATERIALIZED VIEW rental_by_category AS
    GROUP BY c.name;
 CREATE FUNCTION film_in_stock(p_film_id integer, p_store_id integer) RETURNS SETOF integer LANGUAGE sql
   AS 'SELECT inventory_id FROM inventory WHERE film_id = p_film_id AND store_id = p_store_id';
+INSERT INTO customer (name) SELECT 'customer ' || g FROM generate_series(1, 200) g;
 INSERT INTO category (name) SELECT 'cat ' || g FROM generate_series(1, 16) g;
 INSERT INTO film (title) SELECT 'film ' || g FROM generate_series(1, 500) g;
 INSERT INTO film_category (film_id, category_id) SELECT g, 1 + g % 16 FROM generate_series(1, 500) g;
 INSERT INTO inventory (film_id, store_id) SELECT 1 + g % 500, g % 2 FROM generate_series(1, 1500) g;
+INSERT INTO rental (inventory_id, customer_id) SELECT 1 + g % 1500, 1 + g % 200 FROM generate_series(1, 2000) g;
+INSERT INTO payment (customer_id, rental_id, amount, payment_date)
+SELECT 1 + g % 200, 1 + g % 2000, 0.99, date '2020-01-01' + g % 366 FROM generate_series(1, 2000) g;
 REFRESH MATERIALIZED VIEW rental_by_category;
 """
 
 
-def test_category_film_and_inventory_convert_and_partitioned_references_say_why(
-    dsn: str, conn: psycopg.Connection
-) -> None:
+def test_the_whole_sample_converts_payment_partitioned_included(dsn: str, conn: psycopg.Connection) -> None:
     conn.prepare_threshold = None
     conn.execute(DDL)
     tables = ["category", "film", "inventory"]
@@ -54,8 +55,6 @@ def test_category_film_and_inventory_convert_and_partitioned_references_say_why(
     assert walks[("film_category", "film_id")] == "film_id"  # the primary key's index starts with it
     assert [str(m.view) for m in plan.matviews] == ["public.rental_by_category"]
     assert any(w.argument == "p_film_id" for w in plan.warnings)
-    with pytest.raises(PlanError, match=r"public\.payment is partitioned and references public\.customer"):
-        api.plan(dsn, ["customer"])
 
     stock = conn.execute("SELECT * FROM rental_by_category ORDER BY 1").fetchall()
     api.start(dsn, tables)
@@ -72,3 +71,50 @@ def test_category_film_and_inventory_convert_and_partitioned_references_say_why(
         ).fetchall()
     )
     assert set(types.values()) == {"uuid"}, types
+
+    # customer and rental next: payment (partitioned by date) references customer from its partition
+    links = conn.execute(
+        "SELECT p.payment_id, c.name FROM payment p JOIN customer c ON c.customer_id = p.customer_id ORDER BY 1"
+    ).fetchall()
+    per_customer = (
+        "SELECT c.name, count(*) FROM rental r JOIN customer c USING (customer_id) GROUP BY 1 ORDER BY 1"
+    )
+    rentals = conn.execute(per_customer).fetchall()
+    plan = api.plan(dsn, ["customer", "rental"])
+    pay = next(f for f in plan.foreign_keys if f.table.name == "payment")
+    assert (
+        pay.partitioned
+        and pay.name == ""
+        and [p.constraint for p in pay.leaves()] == ["payment_2020_customer_id_fkey"]
+    )
+    api.start(dsn, ["customer", "rental"])
+    assert api.verify(dsn).ok
+    api.cutover(dsn)
+    api.finalize(dsn)
+    assert (
+        conn.execute(
+            "SELECT p.payment_id, c.name FROM payment p JOIN customer c ON c.customer_id = p.customer_id ORDER BY 1"
+        ).fetchall()
+        == links
+    )
+    assert conn.execute(per_customer).fetchall() == rentals
+    cols = dict(
+        conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attname IN ('customer_id', 'rental_id') AND attrelid::regclass::text IN "
+            "('customer', 'rental', 'payment', 'payment_2020')"
+        ).fetchall()
+    )
+    assert cols == {
+        "customer.customer_id": "uuid",
+        "rental.rental_id": "uuid",
+        "rental.customer_id": "uuid",
+        "payment.customer_id": "uuid",
+        "payment_2020.customer_id": "uuid",
+        "payment.rental_id": "integer",  # no foreign key: it stays what it was
+        "payment_2020.rental_id": "integer",
+    }
+    fk = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'payment_2020'::regclass AND contype = 'f'"
+    ).fetchall()
+    assert fk == [("payment_2020_customer_id_fkey",)]

@@ -11,7 +11,10 @@ from online_uuid.model import (
     ACTIVE_PHASES,
     ALLOWED,
     ForeignKeyConversion,
+    IndexTwin,
     KeyConversion,
+    PartitionIndex,
+    PartitionNode,
     Phase,
     Plan,
     TableRef,
@@ -51,6 +54,41 @@ def test_plan_round_trips_through_json() -> None:
     plan = sample_plan()
     doc = json.loads(json.dumps(plan.to_json()))
     assert Plan.from_json(doc) == plan
+
+
+def partitioned_plan() -> Plan:
+    base = sample_plan()
+    root, leaf = TableRef("public", "pay"), TableRef("Sales", "Pay 2020")
+    nodes = (
+        PartitionNode(root, root, leaf=False, level=0, constraint="pay_fk"),
+        PartitionNode(leaf, root, constraint="pay_fk", inherited=True, batch_column="ctid", rows=5),
+    )
+    fk = ForeignKeyConversion(
+        "pay_fk", root, "parent_id", "parent_id_uuid", "parent_id_int", TableRef("public", "parent"), "id",
+        "a", "a", partitioned=True, partitions=nodes,
+    )  # fmt: skip
+    ix = IndexTwin(
+        root, "pay_parent", "pay_parent_ou", ("parent_id",), partitioned=True,
+        partitions=(PartitionIndex(leaf, "pay_2020_parent_id_idx", "pay_2020_parent_id_idx_ou", "pay_parent"),),
+    )  # fmt: skip
+    return Plan(keys=base.keys, foreign_keys=(fk,), indexes=(ix,))
+
+
+def test_a_partitioned_child_round_trips_and_gets_a_job_per_leaf() -> None:
+    plan = partitioned_plan()
+    assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    jobs = backfill_jobs(plan)
+    assert [(j.job_id, j.table, j.batch_column) for j in jobs if j.kind == "fk"] == [
+        ("fk:public.pay.parent_id@Sales.Pay 2020", TableRef("Sales", "Pay 2020"), "ctid")
+    ]
+    assert plan.tables() == [TableRef("public", "parent"), TableRef("public", "pay")]  # LOCK recurses
+
+
+def test_a_plan_stored_before_partitions_loads() -> None:
+    doc = sample_plan().to_json()
+    for f in doc["foreign_keys"]:
+        del f["partitioned"], f["partitions"]
+    assert Plan.from_json(doc) == sample_plan()
 
 
 def test_tables_are_locked_in_one_sorted_order() -> None:

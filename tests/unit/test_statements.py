@@ -7,9 +7,17 @@ import dataclasses
 from psycopg import sql
 
 from online_uuid import statements as s
-from online_uuid.model import ForeignKeyConversion, IndexTwin, KeyConversion, Plan, TableRef
+from online_uuid.model import (
+    ForeignKeyConversion,
+    IndexTwin,
+    KeyConversion,
+    PartitionIndex,
+    PartitionNode,
+    Plan,
+    TableRef,
+)
 from online_uuid.naming import retired_column, shadow_column
-from online_uuid.phases.cutover import FORWARD, REVERSE, swap_statements
+from online_uuid.phases.cutover import FORWARD, REVERSE, prepare_steps, swap_statements
 from online_uuid.phases.start import start_steps
 
 PARENT = TableRef("App Data", "Order")
@@ -201,3 +209,75 @@ def test_prepared_fk_checks_with_the_fixup_and_gets_the_original_timing_in_the_s
         'ALTER TABLE "public"."user" ALTER CONSTRAINT "user_order_fk" DEFERRABLE INITIALLY IMMEDIATE'
     )
     assert s.prepared_fk_actions(replace(FK, on_delete="n"), FORWARD) == ("n", "a")  # SET NULL mirrored
+
+
+ROOT, LEAF = TableRef("public", "pay"), TableRef("Sales", "Pay 2020")
+PFK = dataclasses.replace(
+    FK,
+    name="pay_fk",
+    table=ROOT,
+    final_on_delete="a",
+    partitioned=True,
+    partitions=(
+        PartitionNode(ROOT, ROOT, leaf=False, level=0, constraint="pay_fk", shadow_constraint="pay_fk_ou"),
+        PartitionNode(LEAF, ROOT, constraint="leaf fk", inherited=True, batch_column="ctid"),
+    ),
+)
+PIX = IndexTwin(
+    ROOT,
+    "pay_order",
+    "pay_order_ou",
+    ("order",),
+    partitioned=True,
+    partitions=(PartitionIndex(LEAF, "Pay 2020_order_idx", "Pay 2020_order_idx_ou", "pay_order"),),
+)
+PPLAN = Plan(keys=(KEY,), foreign_keys=(PFK,), indexes=(PIX,))
+
+
+def test_a_partitioned_index_twin_is_on_only_then_concurrent_per_leaf_then_attached() -> None:
+    steps = [st for st in prepare_steps(PPLAN, FORWARD) if ":twin:" in st.id or ":attach:" in st.id]
+    assert [(st.kind, text(st.statements[0])) for st in steps] == [
+        (
+            "ddl",
+            'CREATE INDEX IF NOT EXISTS "pay_order_ou" ON ONLY "public"."pay" USING btree ("order_uuid")',
+        ),
+        (
+            "online",
+            'CREATE INDEX CONCURRENTLY IF NOT EXISTS "Pay 2020_order_idx_ou" ON "Sales"."Pay 2020" '
+            'USING btree ("order_uuid")',
+        ),
+        ("ddl", 'ALTER INDEX "public"."pay_order_ou" ATTACH PARTITION "Sales"."Pay 2020_order_idx_ou"'),
+    ]
+
+
+def test_a_partitioned_fk_is_not_valid_per_leaf_then_added_on_the_root_and_renamed_everywhere() -> None:
+    fresh = dataclasses.replace(
+        PFK, partitions=tuple(dataclasses.replace(n, shadow_constraint="") for n in PFK.partitions)
+    )
+    steps = [
+        st
+        for st in prepare_steps(dataclasses.replace(PPLAN, foreign_keys=(fresh,)), FORWARD)
+        if ":fk" in st.id
+    ]
+    assert [text(st.statements[0]) for st in steps] == [
+        'ALTER TABLE "Sales"."Pay 2020" ADD CONSTRAINT "leaf fk_ou" FOREIGN KEY ("order_uuid") REFERENCES '
+        '"App Data"."Order" ("ID_uuid") ON DELETE NO ACTION ON UPDATE NO ACTION NOT VALID',
+        'ALTER TABLE "Sales"."Pay 2020" VALIDATE CONSTRAINT "leaf fk_ou"',
+        'ALTER TABLE "public"."pay" ADD CONSTRAINT "pay_fk_ou" FOREIGN KEY ("order_uuid") REFERENCES '
+        '"App Data"."Order" ("ID_uuid") ON DELETE NO ACTION ON UPDATE NO ACTION',
+    ]
+    leaf_made = dataclasses.replace(
+        PFK,
+        partitions=(
+            PFK.partitions[0],
+            dataclasses.replace(PFK.partitions[1], shadow_constraint="leaf fk_ou"),
+        ),
+    )
+    swap = [
+        text(q) for q in swap_statements(dataclasses.replace(PPLAN, foreign_keys=(leaf_made,)), FORWARD, {})
+    ]
+    assert 'ALTER TABLE "public"."pay" DROP CONSTRAINT "pay_fk"' in swap
+    assert not any('"Sales"."Pay 2020" DROP CONSTRAINT' in q for q in swap)  # a clone goes with its parent's
+    assert 'ALTER TABLE "public"."pay" RENAME CONSTRAINT "pay_fk_ou" TO "pay_fk"' in swap
+    assert 'ALTER TABLE "Sales"."Pay 2020" RENAME CONSTRAINT "leaf fk_ou" TO "leaf fk"' in swap
+    assert 'ALTER INDEX "Sales"."Pay 2020_order_idx_ou" RENAME TO "Pay 2020_order_idx"' in swap

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import db, state
+from .. import db, partitions, state
 from ..errors import StateError
 from ..model import BackfillJob, Phase, Plan, backfill_jobs
 from ..naming import application_name
@@ -45,7 +45,7 @@ def run_repair(
                 f"migration {mid} is {m.phase}; verify --repair runs after the backfill and before "
                 "cutover (after a cutover: `online-uuid rollback` first)"
             )
-        jobs = jobs_to_redo(m.plan, failing)
+        jobs = jobs_to_redo(partitions.refresh(conn, m.plan), failing)
         if not jobs:
             return {}
         with conn.transaction():

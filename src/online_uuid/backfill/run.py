@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 import structlog
 
-from .. import db, state
+from .. import db, partitions, state
 from ..errors import BackfillError, ConcurrentRunError, OnlineUuidError, StateError
 from ..metrics import Metrics, table_label
 from ..model import BackfillJob, Phase, TableRef, backfill_jobs
@@ -202,7 +202,7 @@ def run_backfill(
             metrics.set_phase(phase.value)
             if phase is Phase.BACKFILLED:
                 return BackfillResult(migration_id, phase.value)
-            plan = state.load(conn, migration_id).plan
+            plan = partitions.refresh(conn, state.load(conn, migration_id).plan)  # + partitions since
             metrics.set_info(plan.uuid_source)
             if plan.derived and state.was_cut_over(conn, migration_id):
                 # verify --repair after a rollback that swapped back: rows made while cut over

@@ -18,12 +18,12 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import catalog, db, naming, sessions, state
+from .. import catalog, db, naming, partitions, sessions, state
 from .. import statements as s
 from ..errors import LockTimeoutError, OnlineUuidError, StateError, TriggersChangedError, VerifyError
 from ..executor import DDL, ONLINE, Executor, Step, with_lock_retries
 from ..metrics import Metrics
-from ..model import ForeignKeyConversion, KeyConversion, Phase, Plan, Side, TableRef
+from ..model import ForeignKeyConversion, IndexTwin, KeyConversion, PartitionNode, Phase, Plan, Side, TableRef
 from ..settings import CutoverSettings, LockSettings
 from ..statements import Query
 from . import invariant, metadata
@@ -80,6 +80,9 @@ def prepare_steps(plan: Plan, side: Side) -> list[Step]:
                 p, f.table, s.col_on(f, side), naming.not_null_check(f.table, f.column), f.key
             )
     for ix in plan.indexes:
+        if ix.partitioned:
+            steps += _partitioned_twin_steps(plan, ix, side, p)
+            continue
         steps.append(
             Step(
                 f"{p}:twin:{ix.table}:{ix.name}",
@@ -91,6 +94,9 @@ def prepare_steps(plan: Plan, side: Side) -> list[Step]:
             )
         )
     for f in plan.foreign_keys:
+        if f.partitioned:
+            steps += _partitioned_fk_steps(plan, f, side, p)
+            continue
         name = naming.shadow_fk(f.name)
         add = s.build_foreign_key(plan, f, side, name, s.prepared_fk_actions(f, side))
         steps.append(
@@ -112,6 +118,143 @@ def prepare_steps(plan: Plan, side: Side) -> list[Step]:
             )
         )
     return steps
+
+
+def _partitioned_twin_steps(plan: Plan, ix: IndexTwin, side: Side, p: str) -> list[Step]:
+    """A partitioned index's twin: `ON ONLY` on each partitioned table (catalog only), built
+    concurrently on each leaf partition, then attached level by level (which makes them valid)."""
+    twins = {ix.name: TableRef(ix.table.schema, ix.twin)}
+    twins.update({part.name: TableRef(part.table.schema, part.twin) for part in ix.partitions})
+    steps = [
+        Step(
+            f"{p}:twin:{ix.table}:{ix.name}",
+            (s.build_twin_index(plan, ix, side),),
+            (ix.table,),
+            DDL,
+            f"twin of partitioned index {ix.name} (ON ONLY)",
+        )
+    ]
+    for part in sorted(ix.partitions, key=lambda x: (x.level, x.table)):
+        if part.leaf:
+            steps.append(
+                Step(
+                    f"{p}:twin:{ix.table}:{ix.name}@{part.table}",
+                    (s.build_twin_index(plan, ix, side, part.table, part.twin),),
+                    (part.table,),
+                    ONLINE,
+                    f"twin of index {part.name} on partition {part.table}",
+                    index=(part.table, part.twin),
+                )
+            )
+            continue
+        level = dataclasses.replace(ix, table=part.table, twin=part.twin, root=ix.root or ix.table)
+        steps.append(
+            Step(
+                f"{p}:twin:{ix.table}:{ix.name}@{part.table}",
+                (s.build_twin_index(plan, level, side),),
+                (part.table,),
+                DDL,
+                f"twin of partitioned index {part.name} (ON ONLY)",
+            )
+        )
+    for part in sorted(ix.partitions, key=lambda x: (-x.level, x.table)):  # the deepest first
+        parent = twins[part.parent]
+        steps.append(
+            Step(
+                f"{p}:attach:{ix.table}:{ix.name}@{part.table}",
+                (s.build_attach_index(parent, twins[part.name]),),
+                (part.table,),
+                DDL,
+                f"attach {twins[part.name].name} to {parent.name}",
+            )
+        )
+    return steps
+
+
+def incoming_fk(n: PartitionNode, side: Side) -> str:
+    """The partition's foreign key on the `side` column, as read from the catalog (or "")."""
+    return n.shadow_constraint if side == FORWARD else n.retired_constraint
+
+
+def _partitioned_fk_steps(plan: Plan, f: ForeignKeyConversion, side: Side, p: str) -> list[Step]:
+    """The foreign key on the `side` column of a partitioned child, without a scan under a lock.
+
+    PostgreSQL (before 18) refuses NOT VALID foreign keys on partitioned tables. So each leaf that
+    has the original constraint gets its own NOT VALID and validated online (SHARE UPDATE EXCLUSIVE);
+    then each partitioned table that has it, the deepest first, gets it as a valid constraint,
+    which attaches its partitions' validated ones instead of checking rows again (catalog only,
+    under lock_timeout with retries). A partition whose constraint exists already (made by an
+    earlier attempt, or cloned to a partition created since) is left as it is.
+    """
+    steps: list[Step] = []
+    actions = s.prepared_fk_actions(f, side)
+    for n in sorted(f.partitions, key=lambda x: (-x.level, x.table)):
+        if not n.constraint:
+            continue
+        name = incoming_fk(n, side) or naming.shadow_fk(n.constraint)
+        if not incoming_fk(n, side):
+            add = s.build_foreign_key(plan, f, side, name, actions, table=n.table, valid=not n.leaf)
+            what = "NOT VALID" if n.leaf else "(attaches its partitions')"
+            steps.append(
+                Step(
+                    f"{p}:fk:{f.key}@{n.key}",
+                    (add,),
+                    (n.table, f.ref_table),
+                    DDL,
+                    f"foreign key {name} on {n.table} {what}",
+                )
+            )
+        if n.leaf:
+            steps.append(
+                Step(
+                    f"{p}:fkvalid:{f.key}@{n.key}",
+                    (s.build_validate(n.table, name),),
+                    (n.table,),
+                    ONLINE,
+                    f"validate {name} on {n.table}",
+                )
+            )
+    return steps
+
+
+def _partitioned_fk_swap(f: ForeignKeyConversion, side: Side, strict: bool) -> list[Query]:
+    """The prepared constraints take the original names, on the root and on every partition.
+
+    `strict` (the swap itself): each must exist now; else (`plan --sql`) the names preparation gives.
+    """
+    st: list[Query] = []
+    for n in sorted(f.partitions, key=lambda x: (x.level, x.table)):
+        if not n.constraint:
+            continue
+        incoming = incoming_fk(n, side) or ("" if strict else naming.shadow_fk(n.constraint))
+        if not incoming:
+            raise StateError(
+                f"partition {n.table} of {f.table} has no foreign key on {s.col_on(f, side)} yet (it joined "
+                "during cutover preparation); nothing was swapped: run the command again"
+            )
+        if incoming != n.constraint:
+            st.append(s.build_rename_constraint(n.table, incoming, n.constraint))
+        if not n.inherited:
+            timing = s.build_fk_timing(dataclasses.replace(f, table=n.table, name=n.constraint))
+            st += [timing] if timing else []
+    return st
+
+
+def _drop_fk(f: ForeignKeyConversion) -> list[Query]:
+    """The outgoing foreign key: a partitioned child's, where it is declared (its clones go with it)."""
+    if not f.partitioned:
+        return [s.build_drop_constraint(f.table, f.name)]
+    return [
+        s.build_drop_constraint(n.table, n.constraint)
+        for n in sorted(f.partitions, key=lambda x: (x.level, x.table))
+        if n.constraint and not n.inherited
+    ]
+
+
+def _index_renames(ix: IndexTwin) -> list[Query]:
+    st: list[Query] = [s.build_rename_index(ix.table, ix.twin, ix.name)]
+    st += [s.build_rename_index(p.table, p.twin, p.name) for p in ix.partitions if p.twin != p.name]
+    return st
 
 
 def _not_null_steps(prefix: str, table: TableRef, column: str, check: str, key: str) -> list[Step]:
@@ -142,6 +285,7 @@ def swap_statements(
     view_defs: dict[TableRef, str],
     not_null_renames: list[Query] | None = None,
     carried: list[Query] | None = None,
+    strict: bool = False,
 ) -> list[Query]:
     """The body of the swap transaction, after LOCK: catalog changes only, never a table scan.
 
@@ -159,7 +303,7 @@ def swap_statements(
             st += s.build_drop_key_triggers(k)
         st += invariant.drop_statements(plan)  # rows made from now on get generated UUIDs
     for f in plan.foreign_keys:
-        st.append(s.build_drop_constraint(f.table, f.name))
+        st += _drop_fk(f)
     for ix in plan.indexes:
         st.append(
             s.build_drop_constraint(ix.table, ix.constraint)
@@ -192,13 +336,9 @@ def swap_statements(
                 else [s.build_drop_retired_default(k)]
             )
     for ix in plan.indexes:
-        st.append(
-            s.build_constraint_using(ix)
-            if ix.constraint
-            else s.build_rename_index(ix.table, ix.twin, ix.name)
-        )
+        st += [s.build_constraint_using(ix)] if ix.constraint else _index_renames(ix)
     for f in plan.foreign_keys:
-        st += _final_fk(plan, f, side)
+        st += _partitioned_fk_swap(f, side, strict) if f.partitioned else _final_fk(plan, f, side)
     for v in sorted(plan.views, key=lambda v: v.depth):
         made = dataclasses.replace(v, acl=()) if carried is not None else v
         st += s.build_create_view(made, view_defs.get(v.view, v.definition))
@@ -210,7 +350,8 @@ def swap_statements(
         for k in plan.keys:
             st += s.build_key_triggers(plan, k)
     st += carried or []
-    st.append(s.build_enable_always_triggers(plan.tables()))
+    tables = plan.tables() + [t for f in plan.foreign_keys if f.partitioned for t in f.fk_tables()]
+    st.append(s.build_enable_always_triggers(list(dict.fromkeys(tables))))
     return st
 
 
@@ -383,11 +524,13 @@ def swap_prologue(plan: Plan, lock: LockSettings) -> list[Query]:
     ]
 
 
-def swap_body(conn: psycopg.Connection, plan: Plan, side: Side) -> list[Query]:
-    """What the swap sends once its locks are held: views as defined now, PG 18 NOT NULL names kept."""
+def swap_body(conn: psycopg.Connection, plan: Plan, side: Side, strict: bool = False) -> list[Query]:
+    """What the swap sends once its locks are held: views as defined now, PG 18 NOT NULL names kept,
+    partitions as they are now."""
+    plan = partitions.refresh(conn, plan)
     carried = metadata.statements(plan, side, metadata.capture(conn, plan, side))
     return swap_statements(
-        plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side), carried
+        plan, side, _capture_views(conn, plan), _not_null_renames(conn, plan, side), carried, strict
     )
 
 
@@ -410,7 +553,7 @@ def _swap_once(
             if guard is not None:  # no write can pass the triggers from here on: check the ones before
                 check_guard(conn, guard)
             probe.arm()
-            conn.execute(sql.SQL(";\n").join(swap_body(conn, plan, side)))
+            conn.execute(sql.SQL(";\n").join(swap_body(conn, plan, side, strict=True)))
             state.move(conn, mid, src, dst)
             state.forget_steps(conn, mid, f"prepare:{side}:")
             commit_sent = time.monotonic()
@@ -444,11 +587,12 @@ def run_cutover(
         )
     ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
     try:
-        _prepare(conn, ex, mid, plan)
+        _refuse_detached(conn, mid, plan)
+        _prepare(conn, ex, mid, partitions.refresh(conn, plan))
         result = run_swap(
             conn, mid, plan, FORWARD, settings, Phase.PREPARING, Phase.CUT_OVER, metrics, guard=guard
         )
-    except (LockTimeoutError, TriggersChangedError) as exc:
+    except (LockTimeoutError, TriggersChangedError, StateError) as exc:
         state.move(conn, mid, Phase.PREPARING, Phase.BACKFILLED)  # nothing swapped; done steps stay recorded
         if isinstance(exc, TriggersChangedError):
             state.event(conn, mid, "cutover_refused", {"reason": str(exc)})
@@ -456,8 +600,17 @@ def run_cutover(
     result.blockers_terminated = ex.terminated + result.blockers_terminated
     state.update(conn, mid, cutover={"lock_held_s": result.lock_held_s, "attempts": result.attempts})
     state.event(conn, mid, "cutover", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})
-    ex.run_all(post_steps(plan, FORWARD))
+    ex.run_all(post_steps(partitions.refresh(conn, plan), FORWARD))
     return result
+
+
+def _refuse_detached(conn: psycopg.Connection, mid: str, plan: Plan) -> None:
+    """A partition detached since the plan keeps a shadow column no trigger maintains: refuse."""
+    problems = partitions.detached(
+        conn, plan, partitions.refresh(conn, plan), partitions.registered(conn, mid)
+    )
+    if problems:
+        raise StateError(problems[0])
 
 
 def _prepare(conn: psycopg.Connection, ex: Executor, mid: str, plan: Plan) -> None:
@@ -496,7 +649,7 @@ def run_revert(conn: psycopg.Connection, mid: str, plan: Plan, settings: Cutover
     if m.phase == Phase.CUT_OVER:
         state.move(conn, mid, Phase.CUT_OVER, Phase.REVERTING)
     ex = Executor(conn, mid, settings.lock, terminate_blockers=settings.terminate_blockers)
-    ex.run_all(prepare_steps(plan, REVERSE))
+    ex.run_all(prepare_steps(partitions.refresh(conn, plan), REVERSE))
     result = run_swap(conn, mid, plan, REVERSE, settings, Phase.REVERTING, Phase.BACKFILLED)
     state.forget_steps(conn, mid, "post:")
     state.event(conn, mid, "revert", {"lock_held_s": result.lock_held_s, "attempts": result.attempts})

@@ -24,8 +24,14 @@ def teardown_steps(plan: Plan) -> list[Step]:
     """Children first (their FKs point at the parents' shadow keys), then keys, then helpers."""
     steps: list[Step] = []
     for f in plan.foreign_keys:
+        # A partitioned child's shadow FKs (on the root and its partitions) go with the column.
+        prepared = (
+            []
+            if f.partitioned
+            else [s.build_drop_constraint(f.table, naming.shadow_fk(f.name), if_exists=True)]
+        )
         stmts = [
-            s.build_drop_constraint(f.table, naming.shadow_fk(f.name), if_exists=True),
+            *prepared,
             *s.build_drop_fk_triggers(f),
             s.build_drop_constraint(f.table, naming.not_null_check(f.table, f.column), if_exists=True),
             s.build_drop_column(f.table, f.shadow),

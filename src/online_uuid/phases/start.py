@@ -62,7 +62,7 @@ def start_steps(plan: Plan, secret: bytes | None = None) -> list[Step]:
                 else s.build_fk_triggers(plan, f, "shadow")
             ),
             *s.build_fk_move_trigger(f),
-            s.build_enable_always_triggers([f.table]),
+            s.build_enable_always_triggers(f.fk_tables()),
         ]
         steps.append(Step(f"start:fk:{f.key}", tuple(stmts), (f.table,), description=f"shadow FK {f.name}"))
     return steps

@@ -8,10 +8,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import partitions
 from ..backfill import ctid
 from ..backfill.keyset import read_bounds, read_upper_bound
 from ..catalog import ToolTrigger, read_table_ref, read_tool_triggers
-from ..errors import TriggersChangedError, VerifyError
+from ..errors import StateError, TriggersChangedError, VerifyError
 from ..model import ForeignKeyConversion, KeyConversion, Plan, TableRef
 from ..statements import renamed
 from . import invariant
@@ -138,9 +139,14 @@ def check_fk(
     fk_column: str,
     key_column: str,
     batch_column: str,
+    table: TableRef | None = None,
 ) -> Check:
-    """Child rows whose shadow FK is not the parent's shadow key, by join in keyset batches."""
-    c = Check(str(f.table), fk_shadow)
+    """Child rows whose shadow FK is not the parent's shadow key, by join in keyset batches.
+
+    `table`: a leaf partition of the partitioned child `f.table`, checked on its own.
+    """
+    child = table or f.table
+    c = Check(str(child), fk_shadow)
     b = sql.Identifier("c", batch_column)
     where = _range(batch_column)
     q = sql.SQL(
@@ -150,12 +156,12 @@ def check_fk(
         w=where,
         cs=sql.Identifier(fk_shadow),
         ps=sql.Identifier(key_shadow),
-        ct=f.table.ident,
+        ct=child.ident,
         pt=f.ref_table.ident,
         pk=sql.Identifier(key_column),
         fk=sql.Identifier(fk_column),
     )
-    for lo, hi in _walk(conn, f.table, batch_column):
+    for lo, hi in _walk(conn, child, batch_column):
         params = _range_params(batch_column, lo, hi)
         row = conn.execute(q, params).fetchone()
         assert row is not None
@@ -173,7 +179,7 @@ def check_fk(
                     fk=sql.Identifier(fk_column),
                     cs=sql.Identifier(fk_shadow),
                     ps=sql.Identifier(key_shadow),
-                    ct=f.table.ident,
+                    ct=child.ident,
                     pt=f.ref_table.ident,
                     pk=sql.Identifier(key_column),
                 ),
@@ -237,20 +243,31 @@ def run_verify_derived(conn: psycopg.Connection, plan: Plan) -> VerifyReport:
         if (inv.table, inv.shadow) in enforced:
             checks.append(Check(str(inv.table), inv.shadow, enforced_by=inv.name))
             continue
-        checks.append(
-            check_derived(conn, inv.table, inv.column, inv.shadow, inv.derive, inv.batch, key=inv.key)
-        )
+        f = None if inv.key else next(f for f in plan.foreign_keys if (f.table, f.column) == (inv.table, inv.column))
+        for table, batch in _walked(f) if f is not None else [(inv.table, inv.batch)]:
+            checks.append(check_derived(conn, table, inv.column, inv.shadow, inv.derive, batch, key=inv.key))
     return VerifyReport(checks)
 
 
+def _walked(f: ForeignKeyConversion) -> list[tuple[TableRef, str]]:
+    """The tables a foreign key's check walks: the child, or each leaf partition of a partitioned one."""
+    if f.partitioned:
+        return [(p.table, p.batch_column) for p in f.leaves()]
+    return [(f.table, f.batch_column)]
+
+
 def run_verify(
-    conn: psycopg.Connection, plan: Plan, cut_over: bool = False, derived: bool = False
+    conn: psycopg.Connection, plan: Plan, cut_over: bool = False, derived: bool = False, mid: str = ""
 ) -> VerifyReport:
     """Before cutover the shadows are the uuid side; after it, the retired integer side is checked.
 
     `derived`: the shadows are still all derived (derived mode, never cut over), checked by derive().
     """
     conn.execute("SET row_security = off")  # an error, never rows silently hidden by a policy
+    planned, plan = plan, partitions.refresh(conn, plan)  # partitions created or attached since count
+    problems = partitions.detached(conn, planned, plan, partitions.registered(conn, mid))
+    if problems:
+        raise StateError(problems[0])
     if derived and not cut_over:
         return run_verify_derived(conn, plan)
     checks: list[Check] = []
@@ -260,13 +277,16 @@ def run_verify(
     for f in plan.foreign_keys:
         parent = plan.key_for(f.ref_table)
         assert parent is not None
-        if cut_over:
-            batch = renamed(plan, f.table, f.batch_column, "retired")
-            checks.append(check_fk(conn, plan, f, f.retired, parent.retired, f.column, parent.column, batch))
-        else:
-            checks.append(
-                check_fk(conn, plan, f, f.shadow, parent.shadow, f.column, parent.column, f.batch_column)
-            )
+        for table, walk in _walked(f):
+            if cut_over:
+                batch = renamed(plan, f.table, walk, "retired")
+                checks.append(
+                    check_fk(conn, plan, f, f.retired, parent.retired, f.column, parent.column, batch, table)
+                )
+            else:
+                checks.append(
+                    check_fk(conn, plan, f, f.shadow, parent.shadow, f.column, parent.column, walk, table)
+                )
     return VerifyReport(checks)
 
 
@@ -288,7 +308,8 @@ REPAIR_HINT = "run `online-uuid verify --repair`, then `online-uuid cutover` aga
 
 def read_guard(conn: psycopg.Connection, plan: Plan) -> TriggerGuard:
     """Snapshot the tool's triggers; a disabled one is refused at once (writes go past it now)."""
-    oids = tuple(o for t in plan.tables() if (o := read_table_ref(conn, t)) is not None)
+    tables = plan.tables() + [t for f in partitions.refresh(conn, plan).foreign_keys for t in f.fk_tables()]
+    oids = tuple(dict.fromkeys(o for t in tables if (o := read_table_ref(conn, t)) is not None))
     rows = tuple(read_tool_triggers(conn, list(oids)))
     for t in rows:
         if t.enabled == "D":
