@@ -406,6 +406,8 @@ def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: Side) -> list[
             {} if oid is None else catalog.read_not_null_names(conn, oid, [item.column, s.col_on(item, side)])
         )
         live, incoming = names.get(item.column), names.get(s.col_on(item, side))
+        if isinstance(item, ForeignKeyConversion) and item.partitioned and not _same_names(conn, item, names):
+            continue  # a rename recurses by name: a partition named otherwise keeps PostgreSQL's names
         tmp = naming.fit(f"ou_nn_{i}")
         if live:  # now on the outgoing column
             first.append(s.build_rename_constraint(item.table, live, tmp))
@@ -419,6 +421,18 @@ def _not_null_renames(conn: psycopg.Connection, plan: Plan, side: Side) -> list[
                 s.build_rename_constraint(item.table, incoming, naming.not_null_name(item.table, item.column))
             )
     return first + then
+
+
+def _same_names(conn: psycopg.Connection, f: ForeignKeyConversion, names: dict[str, str]) -> bool:
+    """Every partition's NOT NULL constraints of the two columns carry the root's names (PostgreSQL 18
+    gives a partition its parent's; a table attached as a partition keeps its own)."""
+    for n in f.partitions:
+        oid = catalog.read_table_ref(conn, n.table)
+        if n.level == 0 or oid is None:
+            continue
+        if catalog.read_not_null_names(conn, oid, list(names)) != names:
+            return False
+    return True
 
 
 def _capture_views(conn: psycopg.Connection, plan: Plan) -> dict[TableRef, str]:
