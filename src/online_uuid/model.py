@@ -156,7 +156,7 @@ class ForeignKeyConversion:
 
     def fk_tables(self) -> list[TableRef]:
         """The root and every partition (for locks, trigger guards, renames)."""
-        return [self.table, *(p.table for p in self.partitions)]
+        return list(dict.fromkeys([self.table, *(p.table for p in self.partitions)]))
 
 
 @dataclass(frozen=True)

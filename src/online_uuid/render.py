@@ -96,6 +96,9 @@ def print_plan(plan: Plan, console: Console) -> None:
             kind = {"p": "primary key", "u": "unique constraint"}.get(
                 ix.constraint_type, "unique index" if ix.unique else "index"
             )
+            if ix.partitioned:
+                n = sum(1 for p in ix.partitions if p.leaf)
+                kind = f"partitioned {kind} ({n} partition{'s' if n != 1 else ''})"
             idx.add_row(str(ix.table), ix.name, ", ".join(ix.columns), kind)
         console.print(idx)
     for k in plan.keys:

@@ -16,10 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from online_uuid import api
+from online_uuid import api, db, partitions, state
 from online_uuid.errors import PlanError, StateError
+from online_uuid.executor import Executor
 from online_uuid.model import Phase
-from online_uuid.settings import BackfillSettings, StartSettings
+from online_uuid.phases import cutover as cutover_phase
+from online_uuid.settings import BackfillSettings, LockSettings, StartSettings
 from support.snapshots import catalog_snapshot
 from support.workload import writing
 
@@ -392,3 +394,43 @@ def test_what_is_still_refused_says_why(dsn: str, conn: psycopg.Connection[Any])
         PlanError, match=r"public\.visit is partitioned by HASH \(customer_id\), which uses customer_id"
     ):
         api.plan(dsn, ["customer"])
+
+
+def test_a_partition_created_between_preparation_and_swap_gets_the_prepared_twin_and_fk(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """PostgreSQL clones the prepared twin index and foreign key to it; the swap names them as the
+    partition's own (a cutover that gave up on its lock after preparing, then ran again)."""
+    conn.execute(BASE + ON_PARENT + DATA)
+    mid = api.start(dsn, [CUSTOMER], settings=StartSettings(uuid_source="random"))
+    with db.connect(dsn, "test-prepare") as c:
+        state.move(c, mid, Phase.BACKFILLED, Phase.PREPARING)
+        prepared = partitions.refresh(c, state.load(c, mid).plan)
+        cutover_phase._prepare(c, Executor(c, mid, LockSettings()), mid, prepared)
+    conn.execute(
+        'CREATE TABLE "Sales".payment_2035 PARTITION OF "Sales".payment '
+        "FOR VALUES FROM ('2035-01-01') TO ('2036-01-01');"
+        "INSERT INTO \"Sales\".payment (customer_id, amount, paid) SELECT g, 1, '2035-05-05' FROM generate_series(1, 20) g"
+    )
+
+    def own(table: str) -> set[tuple[str, str]]:
+        """Its foreign keys and indexes, with their definitions."""
+        rows = conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+            "AND contype = 'f' UNION ALL SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+            (table, table),
+        ).fetchall()
+        return {(str(n), str(d)) for n, d in rows}
+
+    made = own('"Sales".payment_2035')
+    assert {n for n, _ in made} >= {"Payment Customer", "Payment Customer_ou"}  # cloned by PostgreSQL
+    names = _names(conn)
+    api.cutover(dsn)
+    after = own('"Sales".payment_2035')
+    # the names its integer column's foreign key and index had, now on the uuid column
+    assert {n for n, d in after if "customer_id" in d} == {n for n, d in made if "(customer_id)" in d}
+    assert all("_ou" not in n and "customer_id_uuid" not in d for n, d in after)
+    assert _names(conn)["fks"] == [r for r in names["fks"] if not r[1].endswith("_ou")]
+    assert _wrong_links_after_cutover(conn) == 0
+    assert _types(conn)['"Sales".payment_2035.customer_id'] == ("uuid", True)
