@@ -15,13 +15,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from online_uuid import api, db, partitions, state
 from online_uuid.errors import PlanError, StateError
 from online_uuid.executor import Executor
-from online_uuid.model import Phase
+from online_uuid.model import Phase, TableRef
 from online_uuid.phases import cutover as cutover_phase
 from online_uuid.settings import BackfillSettings, LockSettings, StartSettings
+from online_uuid.statements import derive_fn
 from support.snapshots import catalog_snapshot
 from support.workload import writing
 
@@ -165,11 +167,15 @@ def test_fk_declared_on_the_partitioned_parent_converts_under_load(
         after_start = w.calls  # the writer ran through start and its backfill
         report = api.verify(dsn)
         assert report.ok, report.first_problem()
-        assert {c.table for c in report.checks if c.column == "customer_id_uuid"} == {
-            '"Sales".payment_2020',
-            '"Sales"."Payment 2021"',
-            '"Sales".payment_rest',
-        }
+        checked = {c.table: c.enforced_by for c in report.checks if c.column == "customer_id_uuid"}
+        if source == "derived":  # the root's validated CHECK holds on every partition: nothing read
+            assert checked == {'"Sales".payment': "ou_payment_customer_id_dv"}
+        else:  # each leaf partition walked on its own
+            assert checked == {
+                '"Sales".payment_2020': "",
+                '"Sales"."Payment 2021"': "",
+                '"Sales".payment_rest': "",
+            }
         status = api.status(dsn, mid)
         assert status["progress"]["percent"] == 100.0
         assert {j["job_id"].split("@")[-1] for j in status["jobs"] if j["kind"] == "fk"} == {
@@ -305,11 +311,12 @@ def test_multi_level_partitions_with_defaults(dsn: str, conn: psycopg.Connection
     )
 
 
+@pytest.mark.parametrize("source", SOURCES)
 def test_partitions_created_attached_and_detached_during_the_migration(
-    dsn: str, conn: psycopg.Connection[Any]
+    dsn: str, conn: psycopg.Connection[Any], source: str
 ) -> None:
     conn.execute(BASE + ON_PARENT + DATA)
-    mid = api.start(dsn, [CUSTOMER])
+    mid = api.start(dsn, [CUSTOMER], settings=StartSettings(uuid_source=source))
     # a partition created now gets the shadow column and the triggers from its parent
     conn.execute(
         'CREATE TABLE "Sales".payment_2030 PARTITION OF "Sales".payment '
@@ -328,15 +335,33 @@ def test_partitions_created_attached_and_detached_during_the_migration(
             'ALTER TABLE "Sales".payment ATTACH PARTITION "Sales".payment_2040 '
             "FOR VALUES FROM ('2040-01-01') TO ('2041-01-01')"
         )
-    conn.execute(
-        'ALTER TABLE "Sales".payment_2040 ADD COLUMN customer_id_uuid uuid;'
+    conn.execute('ALTER TABLE "Sales".payment_2040 ADD COLUMN customer_id_uuid uuid')
+    attach = (
         'ALTER TABLE "Sales".payment ATTACH PARTITION "Sales".payment_2040 '
         "FOR VALUES FROM ('2040-01-01') TO ('2041-01-01')"
     )
-    report = api.verify(dsn)  # the attached rows predate their triggers: found, then repaired
-    bad = {c.table for c in report.checks if not c.ok}
-    assert bad == {'"Sales".payment_2040'}
-    assert api.verify(dsn, repair=True).ok
+    if source == "derived":
+        # after the backfill the parent holds the invariant shadow = derive(column) as a CHECK,
+        # which a table must hold to join: give it the column's values, then the constraint
+        with pytest.raises(psycopg.Error, match='missing constraint "ou_payment_customer_id_dv"'):
+            conn.execute(attach)
+        row = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '\"Sales\".payment'::regclass "
+            "AND conname = 'ou_payment_customer_id_dv'"
+        ).fetchone()
+        assert row is not None
+        derive = derive_fn(TableRef("Sales", "customer"), "id")  # the parent key's derive function
+        conn.execute(
+            sql.SQL('UPDATE "Sales".payment_2040 SET customer_id_uuid = {}(customer_id)').format(derive)
+        )
+        conn.execute(f'ALTER TABLE "Sales".payment_2040 ADD CONSTRAINT ou_payment_customer_id_dv {row[0]}')
+        conn.execute(attach)
+        assert api.verify(dsn).ok
+    else:
+        conn.execute(attach)
+        report = api.verify(dsn)  # the attached rows predate their triggers: found, then repaired
+        assert {c.table for c in report.checks if not c.ok} == {'"Sales".payment_2040'}
+        assert api.verify(dsn, repair=True).ok
 
     # a partition detached now keeps a shadow column no trigger maintains: refused, named, fixable
     conn.execute('ALTER TABLE "Sales".payment DETACH PARTITION "Sales".payment_2020')

@@ -243,7 +243,11 @@ def run_verify_derived(conn: psycopg.Connection, plan: Plan) -> VerifyReport:
         if (inv.table, inv.shadow) in enforced:
             checks.append(Check(str(inv.table), inv.shadow, enforced_by=inv.name))
             continue
-        f = None if inv.key else next(f for f in plan.foreign_keys if (f.table, f.column) == (inv.table, inv.column))
+        f = (
+            None
+            if inv.key
+            else next(f for f in plan.foreign_keys if (f.table, f.column) == (inv.table, inv.column))
+        )
         for table, batch in _walked(f) if f is not None else [(inv.table, inv.batch)]:
             checks.append(check_derived(conn, table, inv.column, inv.shadow, inv.derive, batch, key=inv.key))
     return VerifyReport(checks)
