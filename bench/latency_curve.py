@@ -47,6 +47,7 @@ MID = "curve"
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("oneshot", {}),
     ("defaults", {}),
+    ("batch 200 ms", {"target_batch_ms": 200}),
     ("batch 100 ms", {"target_batch_ms": 100}),
     ("batch 50 ms", {"target_batch_ms": 50}),
     ("batch 20 ms", {"target_batch_ms": 20}),
