@@ -8,6 +8,10 @@ The lookup trigger (`--uuid-source random`) is measured alongside, in the same r
 On a shared machine wall time is at the mercy of other load, so the bulk INSERT is also measured
 in CPU seconds of its backend (`bulk_cpu`: /proc utime + stime), which other load can't inflate.
 
+In derived mode the finished backfill adds the invariant's CHECK constraints, so each INSERT
+computes derive() twice (trigger and CHECK) until the swap; `--without-invariant` drops them to
+measure the triggers alone, as while the backfill runs (`derive_overhead_without_invariant.json`).
+
 Durable settings: fsync, synchronous_commit and full_page_writes ON (the bench cluster turns them
 off for the other benches). Three databases hold identical copies of parent (1M rows) and child:
 `none` (no migration), `derived` and `lookup` (each started and backfilled in its mode). Rounds
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+from psycopg import sql
 
 from online_uuid import api
 from online_uuid.settings import BackfillSettings, StartSettings
@@ -102,6 +107,21 @@ def prepare(cluster: Any, parents: int) -> dict[str, str]:
     return dsns
 
 
+def drop_invariant(dsn: str) -> None:
+    """The derived tables as they are while the backfill runs: the triggers, not yet the invariant's
+    CHECKs (phases/invariant.py), which the finished backfill adds and which cost one more derive()."""
+    with common.connect(dsn) as conn:
+        for schema, table, name in conn.execute(
+            "SELECT n.nspname, c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.contype = 'c' AND k.conname LIKE 'ou\\_%\\_dv'"
+        ).fetchall():
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(name)
+                )
+            )
+
+
 def check(dsns: dict[str, str]) -> int:
     """Children written through the triggers carry their parent's UUID."""
     wrong = 0
@@ -117,16 +137,27 @@ def check(dsns: dict[str, str]) -> int:
 
 def main() -> None:
     args = common.parse_args(
-        __doc__ or "", [("--rounds", {"type": int, "default": ROUNDS, "help": "alternating rounds"})]
+        __doc__ or "",
+        [
+            ("--rounds", {"type": int, "default": ROUNDS, "help": "alternating rounds"}),
+            (
+                "--without-invariant",
+                {"action": "store_true", "help": "derived as while the backfill runs: no invariant CHECKs"},
+            ),
+        ],
     )
+    name = "derive_overhead" + ("_without_invariant" if args.without_invariant else "")
     common.quiet_logs()
     parents = common.scaled(PARENTS, args.scale, 10_000)
     bulk = common.scaled(BULK, args.scale, 2_000)
     seconds = max(3, round(6 * min(1.0, args.scale**0.5)))
     t_start = time.monotonic()
     with common.bench_cluster(DURABLE) as cluster:
-        doc: dict[str, Any] = {"bench": "derive_overhead", "scale": args.scale, **common.header(cluster)}
+        doc: dict[str, Any] = {"bench": name, "scale": args.scale, **common.header(cluster)}
         dsns = prepare(cluster, parents)
+        if args.without_invariant:
+            drop_invariant(dsns["derived"])
+        doc["invariant"] = not args.without_invariant
         rounds: dict[str, list[dict[str, float]]] = {"bulk": [], "bulk_cpu": [], "single": []}
         other: list[dict[str, float]] = []
         for i in range(args.rounds):
@@ -183,7 +214,7 @@ def main() -> None:
             "wall_s": round(time.monotonic() - t_start, 1),
         }
     )
-    path = common.write_results("derive_overhead", doc, args.out)
+    path = common.write_results(name, doc, args.out)
     for key, v in targets.items():
         print(f"{key:15s} median ratio {v['median_ratio']:.3f} {v.get('verdict', '')}")
     print(f"wrote {path}")
