@@ -115,16 +115,9 @@ def main() -> None:
     parents = common.scaled(PARENTS, args.scale, 10_000)
     children = common.scaled(CHILDREN, args.scale, 20_000)
     t_start = time.monotonic()
-    result_name = "backfill_speed" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
-    result_name += "_durable" if args.durable else ""
     with common.bench_cluster(DURABLE if args.durable else None) as cluster:
-        doc: dict[str, Any] = {
-            "bench": result_name,
-            "scale": args.scale,
-            "uuid_source": args.uuid_source,
-            "durable": args.durable,
-            **common.header(cluster),
-        }
+        doc = common.mode_header("backfill_speed", args, cluster)
+        result_name = doc["bench"]
         names = ["oneshot", "backfill", "backfill_novacuum"]
         if args.uuid_source == "derived":
             names.append(SAME_TABLE)

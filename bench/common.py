@@ -223,6 +223,21 @@ def header(cluster: TempCluster) -> dict[str, Any]:
         }
 
 
+def mode_header(bench: str, args: argparse.Namespace, cluster: TempCluster) -> dict[str, Any]:
+    """Name and header of a bench run with `--uuid-source` and `--durable`: the results file is named
+    after the mode (`<bench>[_derived][_durable]`), so the random-mode, cheap-settings run keeps the
+    plain name."""
+    name = bench + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
+    name += "_durable" if args.durable else ""
+    return {
+        "bench": name,
+        "scale": args.scale,
+        "uuid_source": args.uuid_source,
+        "durable": args.durable,
+        **header(cluster),
+    }
+
+
 def write_results(name: str, doc: dict[str, Any], out: Path | None = None) -> Path:
     """bench/results/<name>.json at full scale; smaller scales go to results/scale-<s>/ so that a
     smoke run never overwrites the committed numbers."""

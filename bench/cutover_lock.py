@@ -262,8 +262,6 @@ def main() -> None:
             ("--durable", {"action": "store_true", "help": "fsync, synchronous_commit, full_page_writes on"}),
         ],
     )
-    result_name = "cutover_lock" + ("" if args.uuid_source == "random" else f"_{args.uuid_source}")
-    result_name += "_durable" if args.durable else ""
     timeline = StepTimeline()
     timeline.install()
     big = max(100_000, int(BIG * args.scale))
@@ -272,13 +270,8 @@ def main() -> None:
     plan = [("small1", small), ("small2", small), ("big", big), ("small3", small)]
     t_start = time.monotonic()
     with common.bench_cluster(DURABLE if args.durable else None) as cluster:
-        doc: dict[str, Any] = {
-            "bench": result_name,
-            "scale": args.scale,
-            "uuid_source": args.uuid_source,
-            "durable": args.durable,
-            **common.header(cluster),
-        }
+        doc = common.mode_header("cutover_lock", args, cluster)
+        result_name = doc["bench"]
         mids: dict[str, str] = {}
         dsns: dict[str, str] = {}
         prep: dict[str, dict[str, float]] = {}
