@@ -92,6 +92,12 @@ def derive_function(table: TableRef, column: str) -> str:
     return fit(f"{table.schema}_ou_{table.name}_{column}_derive", salt=salt)
 
 
+def derive_bytes_function(table: TableRef, column: str) -> str:
+    """derive()'s 16 bytes as bytea: what the invariant's CHECK compares, with no text parse."""
+    salt = f"{table.schema}.{table.name}.{column}"
+    return fit(f"{table.schema}_ou_{table.name}_{column}_derive_bytes", salt=salt)
+
+
 def retired_sequence(table: TableRef, column: str) -> str:
     """Sequence (in the state schema) that numbers the retired column of an application-assigned key
     while the migration is cut over, so rows the application inserts then still get an integer."""

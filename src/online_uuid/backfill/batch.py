@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from ..db import LockLost, restore
 from ..model import BackfillJob
 from ..naming import STATE_SCHEMA
-from ..statements import derive_fn
+from ..statements import derive_fn, derived_mismatch
 from . import ctid
 from .keyset import build_upper_bound
 from .lock import build_held_check
@@ -206,15 +206,16 @@ def derived_update_sql(job: BackfillJob) -> sql.Composed:
     """
     table, column = (job.table, job.column) if job.kind == "key" else (job.ref_table, job.ref_column)
     assert table is not None and column is not None
+    shadow, source = sql.Identifier(job.shadow), sql.Identifier(job.column)
     return sql.SQL(
-        "UPDATE {t} SET {s} = {d}({x}) WHERE {r} "
-        "AND (({s} IS NULL AND {x} IS NOT NULL) OR {s} IS DISTINCT FROM {d}({x}))"
+        "UPDATE {t} SET {s} = {d}({x}) WHERE {r} AND (({s} IS NULL AND {x} IS NOT NULL) OR {w})"
     ).format(
         t=job.table.ident,
-        s=sql.Identifier(job.shadow),
+        s=shadow,
         d=derive_fn(table, column),
-        x=sql.Identifier(job.column),
+        x=source,
         r=range_sql(job),
+        w=derived_mismatch(shadow, table, column, source),
     )
 
 

@@ -86,7 +86,7 @@ def finalize_steps(plan: Plan) -> list[Step]:
 
 def drop_derive_step(plan: Plan, step_id: str) -> Step:
     """The derive functions (and with them the secret in their bodies) once no trigger uses them."""
-    stmts = tuple(s.build_drop_derive_function(k) for k in plan.keys)
+    stmts = tuple(stmt for k in plan.keys for stmt in s.build_drop_derive_function(k))
     return Step(step_id, stmts, description="drop derive functions")
 
 

@@ -36,7 +36,7 @@ class Invariant:
     table: TableRef
     column: str
     shadow: str
-    derive: sql.Identifier
+    source: tuple[TableRef, str]  # the key whose derive functions give the shadow: its own or the parent's
     name: str
     batch: str  # the column (or heap) a verify of this table walks
     key: bool
@@ -51,7 +51,7 @@ def invariants(plan: Plan) -> list[Invariant]:
             k.table,
             k.column,
             k.shadow,
-            s.derive_fn(k.table, k.column),
+            (k.table, k.column),
             naming.derived_check(k.table, k.column),
             k.column,
             key=True,
@@ -61,15 +61,15 @@ def invariants(plan: Plan) -> list[Invariant]:
     for f in plan.foreign_keys:
         parent = plan.key_for(f.ref_table)
         assert parent is not None
-        derive = s.derive_fn(parent.table, parent.column)
         name = naming.derived_check(f.table, f.column)
-        out.append(Invariant(f.table, f.column, f.shadow, derive, name, f.batch_column, key=False))
+        source = (parent.table, parent.column)
+        out.append(Invariant(f.table, f.column, f.shadow, source, name, f.batch_column, key=False))
     return out
 
 
 def _steps(inv: Invariant) -> tuple[Step, Step]:
     at = f"{inv.table}.{inv.column}"
-    add = s.build_derived_check(inv.table, inv.shadow, inv.column, inv.derive, inv.name)
+    add = s.build_derived_check(inv.table, inv.shadow, inv.column, inv.source, inv.name)
     drop = s.build_drop_constraint(inv.table, inv.name, if_exists=True)
     return (
         Step(f"{STEP_PREFIX}add:{at}", (drop, add), (inv.table,), DDL, f"CHECK {inv.name} NOT VALID"),

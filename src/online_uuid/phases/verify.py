@@ -14,7 +14,7 @@ from ..backfill.keyset import read_bounds, read_upper_bound
 from ..catalog import ToolTrigger, read_table_ref, read_tool_triggers
 from ..errors import StateError, TriggersChangedError, VerifyError
 from ..model import ForeignKeyConversion, KeyConversion, Plan, TableRef
-from ..statements import renamed
+from ..statements import derive_fn, derived_mismatch, renamed
 from . import invariant
 
 BATCH = 50_000
@@ -204,7 +204,7 @@ def check_derived(
     table: TableRef,
     column: str,
     shadow: str,
-    derive: sql.Identifier,
+    source: tuple[TableRef, str],
     batch: str,
     key: bool = False,
 ) -> Check:
@@ -214,7 +214,8 @@ def check_derived(
     """
     c = Check(str(table), shadow)
     b, sh, col = sql.Identifier(batch), sql.Identifier(shadow), sql.Identifier(column)
-    wrong = sql.SQL("{s} IS DISTINCT FROM {d}({c})").format(s=sh, d=derive, c=col)
+    wrong = derived_mismatch(sh, *source, col)
+    derive = derive_fn(*source)
     q = sql.SQL(
         "SELECT count(*), count(*) FILTER (WHERE {w}), "
         "count(*) FILTER (WHERE {s} IS NULL AND {c} IS NOT NULL) FROM {t} c WHERE {r}"
@@ -249,7 +250,7 @@ def run_verify_derived(conn: psycopg.Connection, plan: Plan) -> VerifyReport:
             else next(f for f in plan.foreign_keys if (f.table, f.column) == (inv.table, inv.column))
         )
         for table, batch in _walked(f) if f is not None else [(inv.table, inv.batch)]:
-            checks.append(check_derived(conn, table, inv.column, inv.shadow, inv.derive, batch, key=inv.key))
+            checks.append(check_derived(conn, table, inv.column, inv.shadow, inv.source, batch, key=inv.key))
     return VerifyReport(checks)
 
 
