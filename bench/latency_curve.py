@@ -75,7 +75,9 @@ def build_template(cluster: Any, parents: int, children: int) -> None:
     with common.connect(dsn) as conn:
         common.create_pair(conn, "app", parents, children)
         common.vacuum_analyze(conn, "app")
-    api.start(dsn, ["app.parent"], migration=MID, settings=StartSettings(backfill=False, uuid_source="derived"))
+    api.start(
+        dsn, ["app.parent"], migration=MID, settings=StartSettings(backfill=False, uuid_source="derived")
+    )
     with common.connect(dsn) as conn:
         common.wait_vacuum_idle(conn)
         conn.execute("VACUUM (ANALYZE, FREEZE)")

@@ -120,7 +120,9 @@ def test_derive_is_inlined_into_the_trigger(dsn: str, conn: psycopg.Connection[A
     # The invariant's CHECK, which the finished backfill adds, inlines them too.
     conn.commit()
     api.backfill(dsn)
-    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'ou\\_%\\_dv'").fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'ou\\_%\\_dv'").fetchone() == (
+        2,
+    )
     conn.execute("INSERT INTO ch (pid) SELECT 1 FROM generate_series(1, 20)")
     calls = conn.execute(
         "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname = 'online_uuid'"

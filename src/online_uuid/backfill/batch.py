@@ -18,7 +18,7 @@ from ..statements import derive_fn, derived_mismatch
 from . import ctid
 from .keyset import build_upper_bound
 from .lock import build_held_check
-from .signals import read_blocked_by_me
+from .signals import BLOCKED_BY_ME
 
 LOCK_TIMEOUT = "2s"
 # A batch whose client stops answering mid-transaction (a stalled network) must not keep its row
@@ -220,12 +220,14 @@ def derived_update_sql(job: BackfillJob) -> sql.Composed:
 
 
 def _advance_sql() -> sql.Composed:
+    """Move the cursor; returns the sessions the batch's row locks made wait (one round trip for both)."""
     return sql.SQL(
         "UPDATE {} SET next_key = %s, rows_done = rows_done + %s, batches = batches + 1, "
         "batch_size = %s, updated_at = clock_timestamp(), "
         "finished_at = CASE WHEN %s THEN clock_timestamp() END "
-        "WHERE migration_id = %s AND job_id = %s AND next_key = %s AND finished_at IS NULL"
-    ).format(_backfill_table())
+        "WHERE migration_id = %s AND job_id = %s AND next_key = %s AND finished_at IS NULL "
+        "RETURNING ({})"
+    ).format(_backfill_table(), BLOCKED_BY_ME)
 
 
 def run(
@@ -269,12 +271,12 @@ def run(
             raise LockLost(f"the session holding the lock of migration {mid} is gone")
         hi = _batch_hi(conn, job, st, lo, size)
         rows = conn.execute(update, _range_params(job, lo, hi)).rowcount if hi is not None else 0
-        blocked = read_blocked_by_me(conn) if rows else 0
         finished = hi is None or hi >= st.max_key
         nxt = lo if hi is None else min(hi + 1, INT8_MAX)
-        cur = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo))
-        if cur.rowcount != 1:
+        moved = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo)).fetchone()
+        if moved is None:
             raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")
+        blocked = int(moved[0]) if rows else 0
     st.next_key, st.rows_done, st.batches, st.batch_size = nxt, st.rows_done + rows, st.batches + 1, size
     if finished:
         st.finished_at = datetime.now(UTC)

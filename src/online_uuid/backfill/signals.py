@@ -145,13 +145,11 @@ def read_long_transactions(conn: psycopg.Connection, min_age_s: float) -> list[d
     ]
 
 
-def read_blocked_by_me(conn: psycopg.Connection) -> int:
-    """Sessions waiting on a lock this session holds (run inside the batch, before commit)."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE CASE WHEN wait_event_type = 'Lock' "
-        "THEN pg_backend_pid() = ANY(pg_blocking_pids(pid)) ELSE false END"
-    ).fetchone()
-    return int(row[0]) if row else 0
+# Sessions waiting on a lock this session holds (asked inside the batch, before its commit).
+BLOCKED_BY_ME = sql.SQL(
+    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE CASE WHEN wait_event_type = 'Lock' "
+    "THEN pg_catalog.pg_backend_pid() = ANY(pg_catalog.pg_blocking_pids(pid)) ELSE false END"
+)
 
 
 def read_dead_tuples(conn: psycopg.Connection, table_oid: int) -> int:
