@@ -54,6 +54,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("batch 50 ms", {"target_batch_ms": 50}),
     ("batch 20 ms", {"target_batch_ms": 20}),
     ("batch 8 ms", {"target_batch_ms": 8}),
+    ("2 workers", {"workers": 2}),
+    ("2 workers batch 20 ms", {"workers": 2, "target_batch_ms": 20}),
     ("80k rows/s", {"max_rows_per_second": 80_000}),
     ("50k rows/s", {"max_rows_per_second": 50_000}),
     ("20k rows/s", {"max_rows_per_second": 20_000}),

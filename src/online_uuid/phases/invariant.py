@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import psycopg
 import structlog
 from psycopg import errors as pgerrors
-from psycopg import sql
 
 from .. import naming, state
 from .. import statements as s
