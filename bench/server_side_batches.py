@@ -1,0 +1,112 @@
+"""A design probe for issue 14: the backfill's batches run by a server-side procedure.
+
+The procedure walks each table in batches of `--batch-rows` keys, runs the derived fill UPDATE
+the backfill runs, moves the cursor in `online_uuid.backfill` and COMMITs after each batch: no
+client round trip between batches, no VACUUM, no invariant. It is timed against the one-shot
+`derive()` UPDATEs of `latency_curve.py` on identical copies, alternating, on durable settings.
+This measures what the batches cost once the client is out of the loop; it is not the tool's code.
+
+    .venv/bin/python bench/server_side_batches.py --scale 0.3
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import common
+import latency_curve as curve
+from psycopg import sql
+
+from online_uuid.model import TableRef
+from online_uuid.statements import derive_fn, derived_mismatch
+
+PROCEDURE = """
+CREATE PROCEDURE online_uuid.probe_fill(n int) LANGUAGE plpgsql AS $p$
+DECLARE lo bigint; hi bigint; top bigint; r bigint;
+BEGIN
+  SELECT min(id), max(id) INTO lo, top FROM app.parent;
+  WHILE lo <= top LOOP
+    SELECT max(k) INTO hi FROM (SELECT id AS k FROM app.parent WHERE id >= lo AND id <= top ORDER BY id LIMIT n) s;
+    UPDATE app.parent SET id_uuid = {derive}(id)
+     WHERE id >= lo AND id <= hi AND ((id_uuid IS NULL AND id IS NOT NULL) OR {parent_wrong});
+    GET DIAGNOSTICS r = ROW_COUNT;
+    UPDATE online_uuid.backfill SET next_key = hi + 1, rows_done = rows_done + r
+     WHERE migration_id = {mid} AND kind = 'key';
+    COMMIT;
+    lo := hi + 1;
+  END LOOP;
+  SELECT min(id), max(id) INTO lo, top FROM app.child;
+  WHILE lo <= top LOOP
+    SELECT max(k) INTO hi FROM (SELECT id AS k FROM app.child WHERE id >= lo AND id <= top ORDER BY id LIMIT n) s;
+    UPDATE app.child SET parent_id_uuid = {derive}(parent_id)
+     WHERE id >= lo AND id <= hi AND ((parent_id_uuid IS NULL AND parent_id IS NOT NULL) OR {child_wrong});
+    GET DIAGNOSTICS r = ROW_COUNT;
+    UPDATE online_uuid.backfill SET next_key = hi + 1, rows_done = rows_done + r
+     WHERE migration_id = {mid} AND kind <> 'key';
+    COMMIT;
+    lo := hi + 1;
+  END LOOP;
+END $p$
+"""
+ROUNDS = 2
+
+
+def create_procedure(dsn: str) -> None:
+    parent = TableRef("app", "parent")
+    with common.connect(dsn) as conn:
+        conn.execute(
+            sql.SQL(PROCEDURE).format(
+                derive=derive_fn(parent, "id"),
+                parent_wrong=derived_mismatch(sql.Identifier("id_uuid"), parent, "id", sql.Identifier("id")),
+                child_wrong=derived_mismatch(
+                    sql.Identifier("parent_id_uuid"), parent, "id", sql.Identifier("parent_id")
+                ),
+                mid=sql.Literal(curve.MID),
+            )
+        )
+
+
+def main() -> None:
+    args = common.parse_args(
+        __doc__ or "", [("--batch-rows", {"type": int, "default": 2000, "help": "keys per batch"})]
+    )
+    common.quiet_logs()
+    parents = common.scaled(curve.PARENTS, args.scale, 10_000)
+    children = common.scaled(curve.CHILDREN, args.scale, 20_000)
+    runs: list[dict[str, Any]] = []
+    with common.bench_cluster(curve.DURABLE) as cluster:
+        doc: dict[str, Any] = {"bench": "server_side_batches", "scale": args.scale, **common.header(cluster)}
+        common.warm_up(cluster, parents + children)
+        curve.build_template(cluster, parents, children)
+        for i in range(2 * ROUNDS):
+            label = "oneshot" if i % 2 == 0 else "procedure"
+            dsn = curve.copy(cluster, f"copy{i}")
+            with common.connect(dsn) as conn:
+                common.wait_vacuum_idle(conn)
+                common.checkpoint(conn)
+            if label == "procedure":
+                create_procedure(dsn)
+            with common.CpuMeter(cluster) as cpu:
+                t0 = time.monotonic()
+                if label == "oneshot":
+                    curve.oneshot(dsn)
+                else:
+                    with common.connect(dsn) as conn:
+                        conn.execute("CALL online_uuid.probe_fill(%s)", (args.batch_rows,))
+                secs = time.monotonic() - t0
+            rows = parents + children
+            runs.append(
+                {"label": label, "seconds": round(secs, 2), "rows_per_s": round(rows / secs, 1), **cpu.result}
+            )
+            print(f"{label:>9}: {secs:.1f} s, {rows / secs:,.0f} rows/s", flush=True)
+            curve.drop(cluster, f"copy{i}")
+    ratios = [round(runs[i]["seconds"] / runs[i + 1]["seconds"], 3) for i in range(0, len(runs), 2)]
+    doc.update({"parents": parents, "children": children, "batch_rows": args.batch_rows, "runs": runs})
+    doc["procedure_vs_oneshot"] = ratios
+    print(f"procedure / one-shot speed per round: {ratios}")
+    print(f"wrote {common.write_results('server_side_batches', doc, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
