@@ -27,6 +27,22 @@ def _oid(conn: psycopg.Connection, table: TableRef) -> int:
     return oid
 
 
+def node(row: catalog.PartitionRow, live: catalog.TableFk | None, batch: str, **found: str) -> PartitionNode:
+    """One partition as the plan and every phase record it, with `live`, its foreign key on the
+    converted column (None when it has none), and `found`, the run-time constraint names."""
+    return PartitionNode(
+        table=row.ref,
+        parent=row.parent,
+        leaf=row.leaf,
+        level=row.level,
+        constraint=live.conname if live else "",
+        inherited=bool(live and live.inherited),
+        batch_column=batch,
+        rows=row.rows,
+        **found,
+    )
+
+
 def _fk(conn: psycopg.Connection, f: ForeignKeyConversion) -> ForeignKeyConversion:
     known = {p.table: p for p in f.partitions}
     ref_oid = _oid(conn, f.ref_table)
@@ -41,15 +57,10 @@ def _fk(conn: psycopg.Connection, f: ForeignKeyConversion) -> ForeignKeyConversi
                 was.batch_column if was is not None and was.batch_column else _walk(conn, row.oid, f.column)
             )
         nodes.append(
-            PartitionNode(
-                table=row.ref,
-                parent=row.parent,
-                leaf=row.leaf,
-                level=row.level,
-                constraint=live.conname if live else "",
-                inherited=bool(live and live.inherited),
-                batch_column=batch,
-                rows=row.rows,
+            node(
+                row,
+                live,
+                batch,
                 shadow_constraint=fks[f.shadow].conname if f.shadow in fks else "",
                 retired_constraint=fks[f.retired].conname if f.retired in fks else "",
             )

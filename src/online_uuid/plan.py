@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import psycopg
 
-from . import catalog, db, naming, replication, routines, sqlscan
+from . import catalog, db, naming, partitions, replication, routines, sqlscan
 from .backfill import ctid
 from .errors import PlanError
 from .model import (
@@ -202,11 +202,7 @@ class _Builder:
                     f"{parent.ref}.{column}; online-uuid cannot convert composite foreign keys: "
                     "drop it before the migration and recreate it after"
                 )
-            if "d" in (fk.on_delete, fk.on_update):
-                raise PlanError(
-                    f"foreign key {fk.conname} on {child.ref} uses SET DEFAULT, which has no UUID "
-                    "equivalent; change it to another action first"
-                )
+            _refuse_set_default(fk, child.ref)
             child_att = int(fk.conkey[0])
             col = catalog.read_column_by_num(self.conn, child.oid, child_att)
             if col.type not in catalog.INTEGER_TYPES:
@@ -344,11 +340,7 @@ class _Builder:
                     f"reference {references} with different actions or timing; online-uuid converts "
                     "them as one: make them alike first"
                 )
-        if "d" in (first.on_delete, first.on_update):
-            raise PlanError(
-                f"foreign key {first.conname} on {root.ref} uses SET DEFAULT, which has no UUID "
-                "equivalent; change it to another action first"
-            )
+        _refuse_set_default(first, root.ref)
         if self.cascade and first.on_delete != "c":
             raise PlanError(
                 f"--cascade-deletes would change foreign key {first.conname} of partitioned table "
@@ -382,18 +374,7 @@ class _Builder:
                 assert ncol is not None
                 self.root_of[node.oid] = root.oid
                 self.partition_columns.append((catalog.read_table_by_oid(self.conn, node.oid), ncol.attnum))
-            nodes.append(
-                PartitionNode(
-                    table=node.ref,
-                    parent=node.parent,
-                    leaf=node.leaf,
-                    level=node.level,
-                    constraint=mine[0].conname if mine else "",
-                    inherited=bool(mine) and mine[0].inherited,
-                    batch_column=batch,
-                    rows=node.rows,
-                )
-            )
+            nodes.append(partitions.node(node, mine[0] if mine else None, batch))
         self.converted.setdefault(root.oid, {})[col.attnum] = "fk"
         writer = catalog.read_writer_without_read(self.conn, root.oid, parent.oid)
         parent_rls = bool(catalog.read_row_security(self.conn, parent.oid).enabled)
@@ -825,3 +806,11 @@ def build_plan(
 
 def tables_of(b: _Builder) -> list[TableRef]:
     return sorted({k.table for k in b.keys} | {f.table for f in b.fks})
+
+
+def _refuse_set_default(fk: catalog.ReferencingFk, table: TableRef) -> None:
+    if "d" in (fk.on_delete, fk.on_update):
+        raise PlanError(
+            f"foreign key {fk.conname} on {table} uses SET DEFAULT, which has no UUID "
+            "equivalent; change it to another action first"
+        )
