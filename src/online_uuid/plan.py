@@ -236,23 +236,16 @@ class _Builder:
                     )
                 )
             self.fks.append(
-                ForeignKeyConversion(
+                self._conversion(
+                    fk,
+                    parent,
+                    column,
+                    child.ref,
+                    col,
+                    writer is not None or parent_rls,
                     name=fk.conname,
-                    table=child.ref,
-                    column=col.attname,
-                    shadow=shadow_column(col.attname),
-                    retired=retired_column(col.attname),
-                    ref_table=parent.ref,
-                    ref_column=column,
-                    on_delete=fk.on_delete,
-                    on_update=fk.on_update,
-                    deferrable=fk.condeferrable,
-                    initially_deferred=fk.condeferred,
-                    not_null=col.attnotnull,
                     batch_column=batch,
                     table_rows=child.rows,
-                    final_on_delete="c" if self.cascade else fk.on_delete,
-                    definer=writer is not None or parent_rls,
                 )
             )
         for root_oid, fks in trees.items():
@@ -389,26 +382,58 @@ class _Builder:
             )
         root_fk = nodes[0].constraint if nodes and nodes[0].level == 0 else ""
         self.fks.append(
-            ForeignKeyConversion(
+            self._conversion(
+                first,
+                parent,
+                column,
+                root.ref,
+                col,
+                writer is not None or parent_rls,
                 name=root_fk,
-                table=root.ref,
-                column=name,
-                shadow=shadow_column(name),
-                retired=retired_column(name),
-                ref_table=parent.ref,
-                ref_column=column,
-                on_delete=first.on_delete,
-                on_update=first.on_update,
-                deferrable=first.condeferrable,
-                initially_deferred=first.condeferred,
-                not_null=col.attnotnull,
                 batch_column="",
                 table_rows=rows,
-                final_on_delete=first.on_delete,
-                definer=writer is not None or parent_rls,
                 partitioned=True,
                 partitions=tuple(nodes),
             )
+        )
+
+    def _conversion(
+        self,
+        fk: catalog.ReferencingFk,
+        parent: catalog.TableInfo,
+        column: str,
+        table: TableRef,
+        col: catalog.Column,
+        definer: bool,
+        *,
+        name: str,
+        batch_column: str,
+        table_rows: int,
+        partitioned: bool = False,
+        partitions: tuple[PartitionNode, ...] = (),
+    ) -> ForeignKeyConversion:
+        """A foreign key of `table`.`col` to `parent`.`column` to convert, with `fk`'s actions and
+        timing. With --cascade-deletes it is ON DELETE CASCADE after the swap (a partitioned one
+        only gets here when it is CASCADE already)."""
+        return ForeignKeyConversion(
+            table=table,
+            column=col.attname,
+            shadow=shadow_column(col.attname),
+            retired=retired_column(col.attname),
+            ref_table=parent.ref,
+            ref_column=column,
+            on_delete=fk.on_delete,
+            on_update=fk.on_update,
+            deferrable=fk.condeferrable,
+            initially_deferred=fk.condeferred,
+            not_null=col.attnotnull,
+            final_on_delete="c" if self.cascade else fk.on_delete,
+            definer=definer,
+            name=name,
+            batch_column=batch_column,
+            table_rows=table_rows,
+            partitioned=partitioned,
+            partitions=partitions,
         )
 
     # --- dependents -------------------------------------------------------------------------
