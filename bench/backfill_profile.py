@@ -26,12 +26,6 @@ from online_uuid.settings import BackfillSettings
 DURATION = re.compile(r"duration: ([0-9.]+) ms\s+(statement|execute|parse|bind)[^:]*: (.*)")
 
 
-def _settle(dsn: str) -> None:
-    with common.connect(dsn) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
-
-
 def _log_statements(dsn: str, on: bool) -> None:
     with common.connect(dsn) as conn:
         if on:
@@ -65,11 +59,11 @@ def main() -> None:
         common.warm_up(cluster, parents + children)
         curve.build_template(cluster, parents, children)
         oneshot_dsn, backfill_dsn = curve.copy(cluster, "oneshot"), curve.copy(cluster, "backfill")
-        _settle(oneshot_dsn)
+        common.settle(oneshot_dsn)
         t0 = time.monotonic()
         rows = curve.oneshot(oneshot_dsn)
         doc["oneshot"] = {"rows": rows, "seconds": round(time.monotonic() - t0, 2)}
-        _settle(backfill_dsn)
+        common.settle(backfill_dsn)
         start = cluster.log_path.stat().st_size
         _log_statements(backfill_dsn, True)
         with common.CpuMeter(cluster) as cpu:

@@ -43,14 +43,8 @@ def sizes(dsn: str) -> dict[str, int]:
         return {t: common.total_size(conn, "app", t) for t in ("parent", "child")}
 
 
-def settle(dsn: str) -> None:
-    with common.connect(dsn) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
-
-
 def run_oneshot(cluster: Any, dsn: str) -> dict[str, Any]:
-    settle(dsn)
+    common.settle(dsn)
     with common.connect(dsn) as conn, common.CpuMeter(cluster) as cpu:
         t0 = time.monotonic()
         n_parent = conn.execute("UPDATE app.parent SET id_uuid = gen_random_uuid()").rowcount
@@ -70,7 +64,7 @@ def run_oneshot(cluster: Any, dsn: str) -> dict[str, Any]:
 
 
 def run_backfill(cluster: Any, dsn: str, mid: str, settings: BackfillSettings) -> dict[str, Any]:
-    settle(dsn)
+    common.settle(dsn)
     with common.CpuMeter(cluster) as cpu:
         t0 = time.monotonic()
         r = api.backfill(dsn, mid, settings=settings)

@@ -399,6 +399,13 @@ def checkpoint(conn: psycopg.Connection[Any]) -> None:
     os.sync()
 
 
+def settle(dsn: str) -> None:
+    """Before a timed run: autovacuum finished, a checkpoint taken, the OS's dirty pages written."""
+    with connect(dsn) as conn:
+        wait_vacuum_idle(conn)
+        checkpoint(conn)
+
+
 def warm_up(cluster: TempCluster, rows: int) -> float:
     """Write, rewrite and drop a throwaway table of `rows` rows, then CHECKPOINT; seconds taken.
 

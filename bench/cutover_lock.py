@@ -191,9 +191,7 @@ def prepare_pair(dsn: str, schema: str, n: int, source: str = "random") -> tuple
 def cut(
     cluster: Any, dsn: str, schema: str, mid: str, n: int, settings: CutoverSettings, timeline: StepTimeline
 ) -> dict[str, Any]:
-    with common.connect(dsn) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
+    common.settle(dsn)
     writer = Writer(dsn, schema, n)
     tight = Writer(dsn, schema, n, mode="tight")
     writer.start()

@@ -74,9 +74,7 @@ def bulk_round(dsn: str, parents: int, rows: int) -> tuple[float, float]:
 
 def single_round(cluster: Any, db: str, seconds: int, parents: int) -> tuple[float, float]:
     """(tps, cores other processes used meanwhile) of one pgbench round."""
-    with common.connect(cluster.dsn_for(db)) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
+    common.settle(cluster.dsn_for(db))
     with common.CpuMeter(cluster) as cpu:
         r = common.pgbench(
             cluster, CHILD_SCRIPT, clients=CLIENTS, seconds=seconds, defines={"np": parents}, db=db

@@ -172,9 +172,7 @@ def quiet_window(
     cluster: Any, dsn: str, parents: int, seconds: float
 ) -> tuple[list[Sample], dict[str, float]]:
     """The probe alone on a settled server: (samples, the window's CpuMeter readings)."""
-    with common.connect(dsn) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
+    common.settle(dsn)
     with common.CpuMeter(cluster) as cpu:
         samples = Probe(dsn, parents, seconds).finish(terminate=False)
     return samples, cpu.result

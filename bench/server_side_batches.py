@@ -82,9 +82,7 @@ def main() -> None:
         for i in range(2 * ROUNDS):
             label = "oneshot" if i % 2 == 0 else "procedure"
             dsn = curve.copy(cluster, f"copy{i}")
-            with common.connect(dsn) as conn:
-                common.wait_vacuum_idle(conn)
-                common.checkpoint(conn)
+            common.settle(dsn)
             if label == "procedure":
                 create_procedure(dsn)
             with common.CpuMeter(cluster) as cpu:

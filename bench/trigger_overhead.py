@@ -50,9 +50,7 @@ SCRIPTS = {"child": CHILD_SCRIPT, "parent": PARENT_SCRIPT}
 
 
 def one_round(cluster: Any, dsn: str, table: str, seconds: int, np: int) -> dict[str, Any]:
-    with common.connect(dsn) as conn:
-        common.wait_vacuum_idle(conn)
-        common.checkpoint(conn)
+    common.settle(dsn)
     with common.CpuMeter(cluster) as cpu:
         r = common.pgbench(
             cluster, SCRIPTS[table], clients=CLIENTS, seconds=seconds, defines={"np": np}, db="bench"
