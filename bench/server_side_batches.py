@@ -1,6 +1,7 @@
 """A design probe for issue 14: the backfill's batches run by a server-side procedure.
 
-The procedure walks each table in batches of `--batch-rows` keys, runs the derived fill UPDATE
+The procedure walks each table in batches of `--batch-rows` keys (one size or several, each run
+alternating with a one-shot), runs the derived fill UPDATE
 the backfill runs, moves the cursor in `online_uuid.backfill` and COMMITs after each batch: no
 client round trip between batches, no VACUUM, no invariant. It is timed against the one-shot
 `derive()` UPDATEs of `latency_curve.py` on identical copies, alternating, on durable settings.
@@ -69,8 +70,10 @@ def create_procedure(dsn: str) -> None:
 
 def main() -> None:
     args = common.parse_args(
-        __doc__ or "", [("--batch-rows", {"type": int, "default": 2000, "help": "keys per batch"})]
+        __doc__ or "",
+        [("--batch-rows", {"default": "2000", "help": "keys per batch, or several: 2000,8000,32000"})],
     )
+    sizes = [int(n) for n in args.batch_rows.split(",")]
     common.quiet_logs()
     parents = common.scaled(curve.PARENTS, args.scale, 10_000)
     children = common.scaled(curve.CHILDREN, args.scale, 20_000)
@@ -79,11 +82,12 @@ def main() -> None:
         doc: dict[str, Any] = {"bench": "server_side_batches", "scale": args.scale, **common.header(cluster)}
         common.warm_up(cluster, parents + children)
         curve.build_template(cluster, parents, children)
-        for i in range(2 * ROUNDS):
-            label = "oneshot" if i % 2 == 0 else "procedure"
+        for i in range(ROUNDS * (1 + len(sizes))):
+            size = sizes[i % (1 + len(sizes)) - 1] if i % (1 + len(sizes)) else 0
+            label = f"procedure {size}" if size else "oneshot"
             dsn = curve.copy(cluster, f"copy{i}")
             common.settle(dsn)
-            if label == "procedure":
+            if size:
                 create_procedure(dsn)
             with common.CpuMeter(cluster) as cpu:
                 t0 = time.monotonic()
@@ -91,19 +95,36 @@ def main() -> None:
                     curve.oneshot(dsn)
                 else:
                     with common.connect(dsn) as conn:
-                        conn.execute("CALL online_uuid.probe_fill(%s)", (args.batch_rows,))
+                        conn.execute("CALL online_uuid.probe_fill(%s)", (size,))
                 secs = time.monotonic() - t0
             rows = parents + children
             runs.append(
-                {"label": label, "seconds": round(secs, 2), "rows_per_s": round(rows / secs, 1), **cpu.result}
+                {
+                    "label": label,
+                    "batch_rows": size or None,
+                    "seconds": round(secs, 2),
+                    "rows_per_s": round(rows / secs, 1),
+                    **cpu.result,
+                }
             )
-            print(f"{label:>9}: {secs:.1f} s, {rows / secs:,.0f} rows/s", flush=True)
+            print(f"{label:>16}: {secs:.1f} s, {rows / secs:,.0f} rows/s", flush=True)
             curve.drop(cluster, f"copy{i}")
-    ratios = [round(runs[i]["seconds"] / runs[i + 1]["seconds"], 3) for i in range(0, len(runs), 2)]
-    doc.update({"parents": parents, "children": children, "batch_rows": args.batch_rows, "runs": runs})
-    doc["procedure_vs_oneshot"] = ratios
-    print(f"procedure / one-shot speed per round: {ratios}")
+    doc.update({"parents": parents, "children": children, "batch_rows": sizes, "runs": runs})
+    doc["procedure_vs_oneshot"] = ratios = _ratios(runs)
+    print(f"procedure / one-shot speed, per batch size, one per round: {ratios}")
     print(f"wrote {common.write_results('server_side_batches', doc, args.out)}")
+
+
+def _ratios(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each procedure run's speed over the one-shot of its own round (the run before it)."""
+    ratios: dict[str, list[float]] = {}
+    base = 0.0
+    for run in runs:
+        if run["batch_rows"] is None:
+            base = run["seconds"]
+        else:
+            ratios.setdefault(str(run["batch_rows"]), []).append(round(base / run["seconds"], 3))
+    return ratios
 
 
 if __name__ == "__main__":

@@ -183,13 +183,24 @@ def update_sql(job: BackfillJob, generator: sql.Composable) -> sql.Composed:
     )
 
 
-def _batch_hi(conn: psycopg.Connection, job: BackfillJob, st: JobState, lo: int, size: int) -> int | None:
+def _queue_batch_hi(
+    conn: psycopg.Connection, job: BackfillJob, st: JobState, lo: int, size: int
+) -> psycopg.Cursor[Any] | None:
+    """Send the keyset walk's bound query (pipeline mode: its answer is read later); a heap walk has none."""
+    if ctid.walks_heap(job.batch_column):
+        return None
+    return conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size))
+
+
+def _batch_hi(
+    job: BackfillJob, st: JobState, lo: int, size: int, bound: psycopg.Cursor[Any] | None
+) -> int | None:
     """The batch's last key (keyset: an index walk of `size` entries) or last block (heap walk)."""
     assert st.max_key is not None
-    if ctid.walks_heap(job.batch_column):
+    if bound is None:
         assert st.min_key is not None
         return min(lo + ctid.blocks_for(size, st.rows_estimate, st.min_key, st.max_key) - 1, st.max_key)
-    row = conn.execute(build_upper_bound(job.table, job.batch_column), (lo, st.max_key, size)).fetchone()
+    row = bound.fetchone()
     return row[0] if row else None
 
 
@@ -247,12 +258,14 @@ def run(
     """
     assert st.next_key is not None and st.max_key is not None
     lo = st.next_key
-    with conn.transaction():
-        # One round trip for the settings and the lock check. A foreign-key batch joins each child row
-        # to its parent by index probes: a hash or merge join would read the whole parent table.
+    # Pipelined: three round trips, not six. BEGIN, the settings, the lock check and the batch's bound
+    # travel together; then the UPDATE; then the cursor move with the COMMIT.
+    with conn.pipeline() as pipe, conn.transaction():
+        # A foreign-key batch joins each child row to its parent by index probes: a hash or merge
+        # join would read the whole parent table.
         probes_only = "off" if job.kind == "fk" else "on"
         held = build_held_check() if lock else sql.SQL("true")
-        row = conn.execute(
+        settings = conn.execute(
             sql.SQL(
                 "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true), "
                 "set_config('idle_in_transaction_session_timeout', %s, true), "
@@ -266,17 +279,24 @@ def run(
                 probes_only,
                 *(lock or ()),
             ),
-        ).fetchone()
+        )
+        bound = _queue_batch_hi(conn, job, st, lo, size)
+        row = settings.fetchone()
         if not (row and row[5]):
             raise LockLost(f"the session holding the lock of migration {mid} is gone")
-        hi = _batch_hi(conn, job, st, lo, size)
-        rows = conn.execute(update, _range_params(job, lo, hi)).rowcount if hi is not None else 0
+        hi = _batch_hi(job, st, lo, size, bound)
+        rows = 0
+        if hi is not None:
+            updated = conn.execute(update, _range_params(job, lo, hi))
+            pipe.sync()
+            rows = updated.rowcount
         finished = hi is None or hi >= st.max_key
         nxt = lo if hi is None else min(hi + 1, INT8_MAX)
-        moved = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo)).fetchone()
-        if moved is None:
-            raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")
-        blocked = int(moved[0]) if rows else 0
+        advanced = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo))
+    moved = advanced.fetchone()
+    if moved is None:
+        raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")
+    blocked = int(moved[0]) if rows else 0
     st.next_key, st.rows_done, st.batches, st.batch_size = nxt, st.rows_done + rows, st.batches + 1, size
     if finished:
         st.finished_at = datetime.now(UTC)
