@@ -213,6 +213,14 @@ def main() -> None:
                 },
             ),
             (
+                "--rounds",
+                {
+                    "type": int,
+                    "default": 1,
+                    "help": "run the cases this many times, each round with its own one-shot reference",
+                },
+            ),
+            (
                 "--max-case-s",
                 {
                     "type": float,
@@ -237,15 +245,16 @@ def main() -> None:
         doc["warm_up_s"] = round(common.warm_up(cluster, parents + children), 1)
         build_template(cluster, parents, children)
         cases: list[dict[str, Any]] = []
-        for label, fields in CASES:
-            if label not in wanted:
-                continue
-            r = run_case(cluster, label, fields, parents, idle_s, args.max_case_s)
-            cases.append(r)
-            print(_line(r, cases[0]["rows_per_s"]), flush=True)
-    base = cases[0]["rows_per_s"]
-    for r in cases:
-        r["speed_ratio"] = round(r["rows_per_s"] / base, 3)
+        for round_no in range(1, args.rounds + 1):
+            base = 0.0
+            for label, fields in CASES:
+                if label not in wanted:
+                    continue
+                r = run_case(cluster, label, fields, parents, idle_s, args.max_case_s)
+                base = base or r["rows_per_s"]  # "oneshot" comes first in CASES
+                r["round"], r["speed_ratio"] = round_no, round(r["rows_per_s"] / base, 3)
+                cases.append(r)
+                print(f"[{round_no}] {_line(r)}", flush=True)
     doc.update(
         {
             "parents": parents,
@@ -260,10 +269,10 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def _line(r: dict[str, Any], oneshot_rate: float) -> str:
+def _line(r: dict[str, Any]) -> str:
     return (
         f"{r['label']:>12}: {r['rows']:,} rows in {r['seconds']:.1f}s ({r['rows_per_s']:,.0f} rows/s, "
-        f"{r['rows_per_s'] / oneshot_rate:.2f}x one-shot); probe p99 idle {r['idle']['p99_ms']:.2f} ms, "
+        f"{r['speed_ratio']:.2f}x one-shot); probe p99 idle {r['idle']['p99_ms']:.2f} ms, "
         f"during {r['during']['p99_ms']:.2f} ms = {r['p99_ratio']:.2f}x; other cores {r['during']['other_cores']:.2f}; "
         f"I/O stalled {r['during'].get('io_stalled', 0):.0%} of the time (idle windows "
         f"{', '.join(f'{x:.0%}' for x in r['idle'].get('io_stalled', []))})"
