@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -65,6 +67,17 @@ def canary_held(dsn: str, hold_s: float = 0.1, gap_s: float = 0.02) -> Iterator[
     finally:
         stop.set()
         thread.join(10)
+
+
+def beats_processes() -> list[int]:
+    """This process's children that run the canary's beats (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with suppress(OSError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"online_uuid.backfill.beats" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
 
 
 def test_budget_slows_down_under_load_then_recovers(dsn: str, conn: psycopg.Connection) -> None:
@@ -133,9 +146,12 @@ def test_budget_set_at_runtime_measures_a_baseline_and_shows_in_status(
             (f"online-uuid/{MID}/canary",),
         ).fetchone()
         assert canaries == (1,)
+        # The beats run in a process of their own: the workers' Python time must not be in them.
+        assert len(beats_processes()) == 1
     assert state.load(conn, MID).throttle == {"max_latency_impact": 1.5}
     left = conn.execute("SELECT count(*) FROM online_uuid.canary").fetchone()
     assert left == (0,)  # the run ended: its heartbeat row is gone
+    assert beats_processes() == []
 
 
 @pytest.mark.parametrize("factor", [1.0, 0.5, -2.0])

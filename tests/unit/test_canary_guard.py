@@ -28,7 +28,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def guard(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[LatencyGuard]:
-    g = LatencyGuard("m1", lambda: pytest.fail("no session in a unit test"), Metrics("m1"), clock=clock)
+    g = LatencyGuard("m1", "dbname=none", Metrics("m1"), clock=clock)
     monkeypatch.setattr(g, "_ensure_thread", lambda: None)  # beats are fed by hand
     yield g
     g.close()

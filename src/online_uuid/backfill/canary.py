@@ -1,59 +1,44 @@
-"""The canary: a small transaction of the backfill's own, timed at a fixed rate, and the latency guard.
+"""The latency guard: the canary's latencies turned into a rate limit for the workers.
 
-With `--max-latency-impact F`, a thread on a connection of its own runs, every `INTERVAL_S`, a
-read of the migration's row and a committed write of its heartbeat row in the state schema. Its
-latency counts from the scheduled start, so a stall also counts for the beats queued behind it.
-Samples taken while no batch ran (for `SETTLE_S`) teach the idle baseline; the others feed the
-`LatencyBudget`, whose rate the workers then pace to.
+With `--max-latency-impact F`, a process of its own (`beats.py`) runs, every `INTERVAL_S`, a read
+of the migration's row and a committed write of its heartbeat row in the state schema, and reports
+each beat's latency, counted from its scheduled start. Beats taken while no batch ran (for
+`SETTLE_S`) teach the idle baseline; the others feed the `LatencyBudget`, whose rate the workers
+then pace to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import psycopg
 import structlog
-from psycopg import sql
 
-from .. import state
-from ..errors import OnlineUuidError
 from ..metrics import Metrics
-from ..naming import STATE_SCHEMA
 from ..settings import BackfillSettings
+from .beats import INTERVAL_S
 from .budget import Baseline, LatencyBudget, Step
 from .throttle import Clock, Signals
 
 log = structlog.get_logger("online_uuid.canary")
 
-INTERVAL_S = 0.02  # 50 beats per second
 SETTLE_S = 1.0  # a beat counts as idle once no batch has run for this long
 BASELINE_SAMPLES = 200  # idle beats each baseline measurement takes (4 s at 50 Hz)
-TIMEOUT_MS = 5000  # a beat that takes longer is cancelled and counted as this long
-MAX_BACKLOG_S = 1.0  # beats queued behind a stall longer than this are dropped, not run in a burst
 INITIAL_RATE = 1000.0  # rows/s the budget starts from (it doubles while under budget)
 DECISION_SAMPLES = 150  # the budget decides on at least this many fresh beats...
 DECISION_MIN_S = 2.0  # ...and at least this often
-
-
-def beat(conn: psycopg.Connection, mid: str) -> None:
-    """One canary transaction: a read and a committed write (a non-autocommit connection)."""
-    conn.execute(
-        sql.SQL("SELECT phase FROM {} WHERE id = %s").format(sql.Identifier(STATE_SCHEMA, "migrations")),
-        (mid,),
-    ).fetchone()
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {t} AS c (migration_id, beats, at) VALUES (%s, 1, clock_timestamp()) "
-            "ON CONFLICT (migration_id) DO UPDATE SET beats = c.beats + 1, at = excluded.at"
-        ).format(t=sql.Identifier(STATE_SCHEMA, "canary")),
-        (mid,),
-    )
-    conn.commit()
+RESTART_S = 1.0  # a beats process that ended unasked is started again after this long
+__all__ = ["INTERVAL_S", "LatencyGuard"]
 
 
 class LatencyGuard:
@@ -62,14 +47,15 @@ class LatencyGuard:
     def __init__(
         self,
         mid: str,
-        connect: Callable[[], psycopg.Connection],
+        dsn: str,
         metrics: Metrics,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.mid, self._connect, self.metrics, self.clock = mid, connect, metrics, clock
+        self.mid, self._dsn, self.metrics, self.clock = mid, dsn, metrics, clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[str] | None = None
         self.baseline = Baseline()
         self.budget: LatencyBudget | None = None
         self.measuring = False  # holding the backfill to measure the idle baseline
@@ -143,78 +129,82 @@ class LatencyGuard:
             self._thread = threading.Thread(target=self._loop, name="online-uuid-canary", daemon=True)
             self._thread.start()
 
-    def _loop(self) -> None:
-        conn: psycopg.Connection | None = None
-        due = self.clock()
-        while not self._stop.is_set():
-            with self._lock:
-                active = self.budget is not None
-            if not active:  # the budget was turned off at runtime: no session, no beats
-                conn = self._drop(conn)
-                self._stop.wait(0.2)
-                due = self.clock()
-                continue
-            wait = due - self.clock()
-            if wait > 0:
-                self._stop.wait(wait)
-            try:
-                if conn is None or conn.closed:
-                    conn = self._open()
-                idle = self._idle()
-                beat(conn, self.mid)
-                self._sample(self.clock() - due, idle and self._idle())
-            except (psycopg.Error, OnlineUuidError) as exc:
-                self._warn(exc)
-                conn = self._drop(conn)
-                self._stop.wait(1.0)
-            # Beats queued behind a slow one run at once and count their wait, as an application's
-            # requests would; after a long gap (an error, a reconnect) the schedule starts afresh.
-            due += INTERVAL_S
-            if self.clock() - due > MAX_BACKLOG_S:
-                due = self.clock()
-        self._forget(conn)
+    def _active(self) -> bool:
+        with self._lock:
+            return self.budget is not None
 
-    def _open(self) -> psycopg.Connection:
-        conn = self._connect()
-        conn.autocommit = True
-        state.ensure_schema(conn)  # a migration started by an older online-uuid has no canary table
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(TIMEOUT_MS),))
-        conn.autocommit = False
-        return conn
+    def _loop(self) -> None:
+        """Run the beats process while a budget is set, and feed its beats to `_sample`."""
+        while not self._stop.is_set():
+            if not self._active():  # the budget was turned off at runtime: no process, no beats
+                self._stop.wait(0.2)
+                continue
+            proc = self._proc = self._spawn()
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:  # ends when the process does
+                    self._on_line(line)
+                    if self._stop.is_set() or not self._active():
+                        break
+            finally:
+                self._end(proc)
+            if not self._stop.is_set():
+                self._stop.wait(RESTART_S)
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        """`python -m online_uuid.backfill.beats`, finding this very package; the DSN goes by stdin."""
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "online_uuid.backfill.beats"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"dsn": self._dsn, "mid": self.mid}) + "\n")
+        proc.stdin.flush()
+        return proc
 
     @staticmethod
-    def _drop(conn: psycopg.Connection | None) -> None:
-        if conn is not None and not conn.closed:
-            conn.close()
+    def _end(proc: subprocess.Popen[str]) -> None:
+        """Close its stdin (it stops beating and removes its heartbeat row), then wait for it."""
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
 
-    def _forget(self, conn: psycopg.Connection | None) -> None:
-        """The run ends: remove its heartbeat row (best effort) and close the session."""
-        if conn is not None and not conn.closed:
-            try:
-                conn.rollback()
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE migration_id = %s").format(
-                        sql.Identifier(STATE_SCHEMA, "canary")
-                    ),
-                    (self.mid,),
-                )
-                conn.commit()
-            except psycopg.Error:
-                pass
-        self._drop(conn)
+    def _on_line(self, line: str) -> None:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return
+        if "error" in doc:
+            self._warn(str(doc["error"]))
+        elif "due" in doc:
+            self._sample(float(doc["s"]), self._idle_since(float(doc["due"])))
 
-    def _warn(self, exc: Exception) -> None:
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            self._sample(TIMEOUT_MS / 1000, False)
+    def _warn(self, error: str) -> None:
         now = self.clock()
         if now - self._warned >= 60:
             self._warned = now
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log.warning("canary transaction failed; retrying", error=first)
+            log.warning("canary transaction failed; retrying", error=error)
 
     def _idle(self) -> bool:
         with self._lock:
             return self._inflight == 0 and self.clock() - self._last_busy >= SETTLE_S
+
+    def _idle_since(self, due: float) -> bool:
+        """A beat that began at `due` and has ended was idle: no batch from SETTLE_S before it on."""
+        with self._lock:
+            return self._inflight == 0 and due - self._last_busy >= SETTLE_S
 
     def _sample(self, latency_s: float, idle: bool) -> None:
         with self._lock:
@@ -264,5 +254,9 @@ class LatencyGuard:
 
     def close(self) -> None:
         self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):  # the beats stop, so the reader sees their output end
+                proc.stdin.close()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -106,7 +106,7 @@ class RunContext:
         self.totals = Totals()
         self.board = Board(self)
         self.replica = False  # sessions on the primary SET session_replication_role = replica
-        self.latency = LatencyGuard(mid, lambda: db.connect(dsn, application_name(mid, "canary")), metrics)
+        self.latency = LatencyGuard(mid, dsn, metrics)
         self.lock: LockHolder | None = None  # set when the run holds the migration's lock
         self._remaining: dict[str, int] = {}
         self._lock = threading.Lock()
