@@ -98,11 +98,12 @@ def test_the_users_lower_rate_limit_is_not_the_budgets(guard: LatencyGuard) -> N
 def test_a_beat_right_after_a_batch_is_not_idle(guard: LatencyGuard, clock: FakeClock) -> None:
     guard.apply(BackfillSettings(max_latency_impact=1.5))
     with guard.busy():
-        assert not guard._idle()
+        assert not guard._idle_since(clock.now - 5)  # a batch is running
     clock.now += canary.SETTLE_S / 2
-    assert not guard._idle()
+    assert not guard._idle_since(clock.now)  # due half a second after the batch ended
     clock.now += canary.SETTLE_S
-    assert guard._idle()
+    assert not guard._idle_since(clock.now - canary.SETTLE_S)  # it began too soon after the batch
+    assert guard._idle_since(clock.now)
 
 
 def test_turning_the_budget_off_at_runtime(guard: LatencyGuard) -> None:

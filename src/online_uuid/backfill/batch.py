@@ -293,6 +293,9 @@ def run(
         finished = hi is None or hi >= st.max_key
         nxt = lo if hi is None else min(hi + 1, INT8_MAX)
         advanced = conn.execute(_advance_sql(), (nxt, rows, size, finished, mid, job.job_id, lo))
+    # Read after the COMMIT, so it costs no round trip of its own. A cursor that moved under us means
+    # another run, which the migration's lock checked above keeps out; the fill it committed would
+    # be the same either way (it writes what the triggers write).
     moved = advanced.fetchone()
     if moved is None:
         raise RuntimeError(f"backfill cursor of {job.job_id} moved under us; another run?")

@@ -37,7 +37,8 @@ BASELINE_SAMPLES = 200  # idle beats each baseline measurement takes (4 s at 50 
 INITIAL_RATE = 1000.0  # rows/s the budget starts from (it doubles while under budget)
 DECISION_SAMPLES = 150  # the budget decides on at least this many fresh beats...
 DECISION_MIN_S = 2.0  # ...and at least this often
-RESTART_S = 1.0  # a beats process that ended unasked is started again after this long
+RESTART_S = 1.0  # a beats process that ended unasked is started again after this long...
+MAX_RESTART_S = 30.0  # ...or, if it keeps failing to start, at most this long
 __all__ = ["INTERVAL_S", "LatencyGuard"]
 
 
@@ -135,21 +136,27 @@ class LatencyGuard:
 
     def _loop(self) -> None:
         """Run the beats process while a budget is set, and feed its beats to `_sample`."""
+        failures = 0
         while not self._stop.is_set():
             if not self._active():  # the budget was turned off at runtime: no process, no beats
                 self._stop.wait(0.2)
                 continue
             proc = self._proc = self._spawn()
+            lines = 0
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:  # ends when the process does
+                    lines += 1
                     self._on_line(line)
                     if self._stop.is_set() or not self._active():
                         break
             finally:
                 self._end(proc)
+            # A process that ended unasked is started again; one that could not even start (its
+            # traceback went to stderr) ever less often, up to every half minute.
+            failures = 0 if lines else failures + 1
             if not self._stop.is_set():
-                self._stop.wait(RESTART_S)
+                self._stop.wait(min(MAX_RESTART_S, RESTART_S * 2**failures))
 
     def _spawn(self) -> subprocess.Popen[str]:
         """`python -m online_uuid.backfill.beats`, finding this very package; the DSN goes by stdin."""
@@ -196,10 +203,6 @@ class LatencyGuard:
         if now - self._warned >= 60:
             self._warned = now
             log.warning("canary transaction failed; retrying", error=error)
-
-    def _idle(self) -> bool:
-        with self._lock:
-            return self._inflight == 0 and self.clock() - self._last_busy >= SETTLE_S
 
     def _idle_since(self, due: float) -> bool:
         """A beat that began at `due` and has ended was idle: no batch from SETTLE_S before it on."""
