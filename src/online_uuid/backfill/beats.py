@@ -1,4 +1,4 @@
-"""The canary's beats, in a process of their own: `python -m online_uuid.backfill.beats`.
+"""The canary's beats, in a process of their own (the latency guard starts `main()` here).
 
 A canary thread beside the workers measured them as well as the server: in one backfill at a fixed
 20k rows/s, the same beat showed a p99 of 2.1-2.8 x its idle one from a thread of the backfill's

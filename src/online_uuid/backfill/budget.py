@@ -6,11 +6,14 @@ The controller is AIMD with three refinements:
 
 - every decision uses only samples taken since the previous decision, so a cut is never
   repeated on evidence that predates it (the usual cause of a rate collapsing to the floor);
-- a deep cut needs evidence, not one bad sample: a window of 150 beats has a p99 that is its
-  second slowest beat, so two stalls the backfill did not cause (a WAL flush queued behind another
-  session's, a scheduler hiccup) read as a breach. The rate is cut in proportion only when more
-  beats exceed the budget than a p99 within it would give, at 95 % confidence (`convincing`);
-  on less evidence it is trimmed by a tenth;
+- it steers on the 97th percentile of the beats, the window's and the idle baseline's alike,
+  not on their 99th. A p99 of a window of 150 beats is its second slowest beat, so two stalls the
+  backfill did not cause (a WAL flush queued behind another session's, a scheduler hiccup) read
+  as a breach and cut the rate, and two in the idle window set a budget the backfill never
+  reaches; the p97 is the 5th slowest. Both sides must be the same quantile: a window's plain p99
+  against a lower bound of the idle one read over budget at no load and kept a real backfill at
+  0.01 x the one-shot speed. Latency that grows with the backfill's load moves p97 and p99 alike,
+  and the unit tests check the p99 that results;
 - the cut is proportional to the overshoot (latency overhead grows with the share of time the
   backfill runs, so halving the overshoot roughly halves the rate), bounded to [0.5, 0.85];
 - it starts slow (doubling from a low rate, like TCP's slow start) and, after a cut, grows by a
@@ -21,6 +24,7 @@ The controller is AIMD with three refinements:
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -33,50 +37,30 @@ REBASELINE_AT_FLOOR_S = 15.0  # ...or after this long near the floor (over budge
 NEAR_FLOOR = 5.0  # "near the floor": under this many times the floor rate
 
 
-TRIM = 0.9  # the cut when the window's p99 is over budget on thin evidence
-ALPHA = 0.05  # the chance that a window within budget still looks over it
+TAIL = 0.97  # the quantile both sides are compared at; see the module's docstring
 
 
-def convincing(n: int, share: float = 0.01, alpha: float = ALPHA) -> int:
-    """The fewest of `n` samples over a bound that show the true `share` over it is exceeded.
-
-    Under a p99 within budget, the count over the bound is at most Binomial(n, 0.01); this is the
-    smallest k whose tail P(count >= k) is at most `alpha`.
-    """
-    term = (1 - share) ** n  # P(count = 0)
-    below = 0.0
-    for k in range(n + 1):
-        below += term
-        if 1 - below <= alpha:
-            return k + 1
-        term *= (n - k) / (k + 1) * share / (1 - share)
-    return n + 1
+def quantile(values: Iterable[float], q: float) -> float:
+    """Nearest-rank q-quantile of a non-empty collection."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quantile of no samples")
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
 def p99(values: Iterable[float]) -> float:
     """Nearest-rank 99th percentile of a non-empty collection."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("p99 of no samples")
-    rank = max(0, min(len(ordered) - 1, int(0.99 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    return quantile(values, 0.99)
 
 
-def p99_lower_bound(values: Iterable[float]) -> float:
-    """A value the true p99 is at least, at 95 % confidence: the k-th slowest of n, k = convincing(n).
-
-    The plain p99 of 200 samples is their second slowest: one stall too many in an idle window makes
-    it the stall's latency, and a budget of F x that lets the backfill run flat out.
-    """
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("p99 of no samples")
-    return ordered[max(0, len(ordered) - convincing(len(ordered)))]
+def tail(values: Iterable[float]) -> float:
+    """The latency the controller steers on: the TAIL quantile (of 150 beats, the 5th slowest)."""
+    return quantile(values, TAIL)
 
 
 @dataclass
 class Baseline:
-    """The canary's idle p99 (a lower bound of it), pooled over the most recent idle samples."""
+    """The canary's idle tail latency (`tail`), pooled over the most recent idle samples."""
 
     max_samples: int = 600
     min_samples: int = 100
@@ -95,7 +79,7 @@ class Baseline:
 
     @property
     def value(self) -> float | None:
-        return p99_lower_bound(self.samples) if len(self.samples) >= self.min_samples else None
+        return tail(self.samples) if len(self.samples) >= self.min_samples else None
 
 
 @dataclass
@@ -105,7 +89,7 @@ class Step:
     p99_s: float
     ratio: float
     rate: float
-    action: str  # "decrease", "trim", "slow_start", "increase", "hold"
+    action: str  # "decrease", "slow_start", "increase", "hold"
 
 
 class LatencyBudget:
@@ -174,25 +158,22 @@ class LatencyBudget:
             return None
         now = self.clock()
         achieved = self._rows / max(now - self._since, 1e-6)
-        seen = p99(self._window)
+        seen = tail(self._window)  # the baseline's estimator: the two compare like for like
         ratio = seen / baseline_s
-        over = sum(1 for s in self._window if s > self.factor * baseline_s)
-        action = self._decide(ratio, over >= convincing(len(self._window)), achieved)
+        action = self._decide(ratio, achieved)
         self.restart_window()
         near = self.rate < NEAR_FLOOR * self.floor
         self.floor_since = (self.floor_since or now) if near else None
         self.last = Step(seen, ratio, self.rate, action)
         return self.last
 
-    def _decide(self, ratio: float, breached: bool, achieved: float) -> str:
+    def _decide(self, ratio: float, achieved: float) -> str:
         f = self.factor
         if ratio > f:
-            # Strong evidence: cut in proportion to the overshoot. Thin evidence (a stall or two in
-            # the window): trim, so that a stray stall costs a step, not half the rate.
-            cut = min(0.85, max(0.5, 0.9 * (f - 1) / max(ratio - 1, 1e-9))) if breached else TRIM
+            cut = min(0.85, max(0.5, 0.9 * (f - 1) / max(ratio - 1, 1e-9)))
             self.left_rate, self.slow_start = self.rate, False
             self.rate = self._bound(self.rate * cut)
-            return "decrease" if breached else "trim"
+            return "decrease"
         if ratio > 1 + 0.8 * (f - 1):  # close to the budget: stay, and leave slow start
             self.slow_start = False
             return "hold"

@@ -159,11 +159,14 @@ class LatencyGuard:
                 self._stop.wait(min(MAX_RESTART_S, RESTART_S * 2**failures))
 
     def _spawn(self) -> subprocess.Popen[str]:
-        """`python -m online_uuid.backfill.beats`, finding this very package; the DSN goes by stdin."""
+        """The beats' `main()` in a new interpreter that finds this very package; the DSN goes by stdin.
+
+        `-c` and an import, not `-m`: the package imports the module first, and runpy warns then.
+        """
         root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "online_uuid.backfill.beats"],
+            [sys.executable, "-c", "from online_uuid.backfill.beats import main; main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
