@@ -22,48 +22,47 @@ from psycopg import sql
 from online_uuid.model import TableRef
 from online_uuid.statements import derive_fn, derived_mismatch
 
+# One table's walk: batches of n keys, each filled, counted in its job's cursor and committed.
+WALK = """
+  SELECT min(id), max(id) INTO lo, top FROM {table};
+  WHILE lo <= top LOOP
+    SELECT max(k) INTO hi FROM (SELECT id AS k FROM {table} WHERE id >= lo AND id <= top ORDER BY id LIMIT n) s;
+    UPDATE {table} SET {shadow} = {derive}({source})
+     WHERE id >= lo AND id <= hi AND (({shadow} IS NULL AND {source} IS NOT NULL) OR {wrong});
+    GET DIAGNOSTICS r = ROW_COUNT;
+    UPDATE online_uuid.backfill SET next_key = hi + 1, rows_done = rows_done + r
+     WHERE migration_id = {mid} AND (kind = 'key') = {key_job};
+    COMMIT;
+    lo := hi + 1;
+  END LOOP;
+"""
 PROCEDURE = """
 CREATE PROCEDURE online_uuid.probe_fill(n int) LANGUAGE plpgsql AS $p$
 DECLARE lo bigint; hi bigint; top bigint; r bigint;
-BEGIN
-  SELECT min(id), max(id) INTO lo, top FROM app.parent;
-  WHILE lo <= top LOOP
-    SELECT max(k) INTO hi FROM (SELECT id AS k FROM app.parent WHERE id >= lo AND id <= top ORDER BY id LIMIT n) s;
-    UPDATE app.parent SET id_uuid = {derive}(id)
-     WHERE id >= lo AND id <= hi AND ((id_uuid IS NULL AND id IS NOT NULL) OR {parent_wrong});
-    GET DIAGNOSTICS r = ROW_COUNT;
-    UPDATE online_uuid.backfill SET next_key = hi + 1, rows_done = rows_done + r
-     WHERE migration_id = {mid} AND kind = 'key';
-    COMMIT;
-    lo := hi + 1;
-  END LOOP;
-  SELECT min(id), max(id) INTO lo, top FROM app.child;
-  WHILE lo <= top LOOP
-    SELECT max(k) INTO hi FROM (SELECT id AS k FROM app.child WHERE id >= lo AND id <= top ORDER BY id LIMIT n) s;
-    UPDATE app.child SET parent_id_uuid = {derive}(parent_id)
-     WHERE id >= lo AND id <= hi AND ((parent_id_uuid IS NULL AND parent_id IS NOT NULL) OR {child_wrong});
-    GET DIAGNOSTICS r = ROW_COUNT;
-    UPDATE online_uuid.backfill SET next_key = hi + 1, rows_done = rows_done + r
-     WHERE migration_id = {mid} AND kind <> 'key';
-    COMMIT;
-    lo := hi + 1;
-  END LOOP;
-END $p$
+BEGIN{parent}{child}END $p$
 """
 ROUNDS = 2
 
 
 def create_procedure(dsn: str) -> None:
     parent = TableRef("app", "parent")
+
+    def walk(table: str, shadow: str, source: str, key_job: bool) -> sql.Composed:
+        return sql.SQL(WALK).format(
+            table=sql.Identifier("app", table),
+            shadow=sql.Identifier(shadow),
+            source=sql.Identifier(source),
+            derive=derive_fn(parent, "id"),
+            wrong=derived_mismatch(sql.Identifier(shadow), parent, "id", sql.Identifier(source)),
+            mid=sql.Literal(curve.MID),
+            key_job=sql.Literal(key_job),
+        )
+
     with common.connect(dsn) as conn:
         conn.execute(
             sql.SQL(PROCEDURE).format(
-                derive=derive_fn(parent, "id"),
-                parent_wrong=derived_mismatch(sql.Identifier("id_uuid"), parent, "id", sql.Identifier("id")),
-                child_wrong=derived_mismatch(
-                    sql.Identifier("parent_id_uuid"), parent, "id", sql.Identifier("parent_id")
-                ),
-                mid=sql.Literal(curve.MID),
+                parent=walk("parent", "id_uuid", "id", True),
+                child=walk("child", "parent_id_uuid", "parent_id", False),
             )
         )
 

@@ -85,6 +85,12 @@ _ENV = {
 }
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line (server errors carry DETAIL and HINT lines), or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def connect(dsn: str, application_name: str = "online-uuid", autocommit: bool = True) -> psycopg.Connection:
     """Open a session DBAs can recognise in pg_stat_activity; the password never reaches errors.
 
@@ -98,9 +104,8 @@ def connect(dsn: str, application_name: str = "online-uuid", autocommit: bool = 
             prepare_threshold=None,
         )
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnlineUuidError(
-            f"cannot connect to {redact(dsn) or 'the server named by PG* variables'}: {first}; "
+            f"cannot connect to {redact(dsn) or 'the server named by PG* variables'}: {first_line(exc)}; "
             "check --dsn / ONLINE_UUID_DSN"
         ) from None
     if conn.info.server_version < MIN_SERVER:

@@ -94,8 +94,7 @@ def run(dsn: str, mid: str, stop: threading.Event) -> None:
             except (psycopg.Error, OnlineUuidError) as exc:
                 if isinstance(exc, psycopg.errors.QueryCanceled):
                     _emit({"due": due, "s": TIMEOUT_MS / 1000})
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                _emit({"error": first})
+                _emit({"error": db.first_line(exc)})
                 if conn is not None:
                     conn.close()
                 conn = None

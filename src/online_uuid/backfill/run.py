@@ -247,8 +247,7 @@ def _guard_errors(ctx: RunContext) -> bool:
     except Exception as exc:
         kind = db.error_kind(exc)
         ctx.metrics.errors.labels(kind=kind).inc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        message = f"backfill of migration {ctx.mid} stopped: {first}; {RESUME_HINT}"
+        message = f"backfill of migration {ctx.mid} stopped: {db.first_line(exc)}; {RESUME_HINT}"
         _record_error(ctx.dsn, ctx.mid, message)
         raise BackfillError(message) from exc
     finally:
